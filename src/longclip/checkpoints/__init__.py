@@ -1,0 +1,153 @@
+"""Loading any CLIP checkpoint into a transformers ``CLIPModel``, and writing the released format back.
+
+Sources: a released Long-CLIP ``.pt``, an OpenAI CLIP ``.pt`` (TorchScript archive or state dict), a
+transformers CLIP directory (this package writes those), a safetensors file in OpenAI's layout, or a hub id that
+resolves to any of these. The format is detected from file contents and tensor names, never from the file name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from ..positions import LONGCLIP_KEEP_ROWS
+from .convert import HEAD_WIDTH, _heads, config_from_openai, detect_format, hf_to_openai, openai_to_hf
+from .hub import HubUnavailableError, available_models, is_hub_id, resolve
+from .reading import CheckpointError, read_state_dict
+
+__all__ = [
+    "CheckpointError",
+    "HubUnavailableError",
+    "LoadedCheckpoint",
+    "available_models",
+    "config_from_openai",
+    "detect_format",
+    "hf_to_openai",
+    "is_hub_id",
+    "load_clip",
+    "openai_to_hf",
+    "read_state_dict",
+    "save_longclip_pt",
+]
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A loaded CLIP and where it came from.
+
+    Attributes:
+        model: The weights as a transformers ``CLIPModel`` in float32 on the CPU, in eval mode.
+        format: ``"longclip-pt"`` (released Long-CLIP), ``"openai"`` (OpenAI CLIP state dict or TorchScript
+            archive) or ``"hf"`` (transformers directory).
+        path: The file or directory read.
+        directory: The directory whose tokenizer / preprocessor configs apply, for ``"hf"`` checkpoints.
+    """
+
+    model: CLIPModel
+    format: str
+    path: Path
+    directory: Path | None = None
+
+    @property
+    def keep_rows(self) -> int | None:
+        """Leading rows of the text position table that Long-CLIP keeps frozen, if this is a Long-CLIP."""
+        return getattr(self.model.config, "longclip_keep_rows", None)
+
+
+def load_clip(name_or_path: str | os.PathLike, revision: str | None = None) -> LoadedCheckpoint:
+    """Load any supported CLIP checkpoint as a transformers ``CLIPModel``.
+
+    Args:
+        name_or_path: A file, a directory, or a hub id such as ``BeichenZhang/LongCLIP-B``.
+        revision: Hub revision (branch, tag or commit), for hub ids.
+
+    Raises:
+        FileNotFoundError: Nothing at that path and not a hub id, or a hub id neither cached nor downloadable.
+        CheckpointError: The file is unreadable, would run code, or its tensors do not form a CLIP.
+    """
+    path = resolve(name_or_path, revision)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return LoadedCheckpoint(_load_hf_directory(path), "hf", path, directory=path)
+        path = _single_weight_file(path)
+    state_dict = read_state_dict(path)
+    layout = detect_format(state_dict)
+    if layout == "hf":
+        if (path.parent / "config.json").is_file():
+            return LoadedCheckpoint(_load_hf_directory(path.parent), "hf", path.parent, directory=path.parent)
+        raise CheckpointError(f"{path} holds transformers-layout weights without a config.json beside it")
+    try:
+        config, hf_state_dict = openai_to_hf(state_dict)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return LoadedCheckpoint(_build(config, hf_state_dict, path), layout, path)
+
+
+def _single_weight_file(folder: Path) -> Path:
+    candidates = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise CheckpointError(
+            f"{folder} has no config.json, so it must hold exactly one checkpoint file; found: {found}"
+        )
+    return candidates[0]
+
+
+def _check_loading_info(info: dict, where: Path) -> None:
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        entries = [e for e in info.get(kind, []) if not str(e).endswith("position_ids")]
+        if entries:
+            problems.append(f"{kind.replace('_', ' ')}: {', '.join(map(str, entries[:8]))}")
+    if problems:
+        raise CheckpointError(f"{where} does not hold a complete CLIP ({'; '.join(problems)})")
+
+
+def _build(config: CLIPConfig, state_dict: dict[str, torch.Tensor], where: Path) -> CLIPModel:
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model, info = CLIPModel.from_pretrained(
+        None, config=config, state_dict=state_dict, attn_implementation="sdpa", output_loading_info=True
+    )
+    _check_loading_info(info, where)
+    return model.float().eval()
+
+
+def _load_hf_directory(folder: Path) -> CLIPModel:
+    try:
+        config = CLIPConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json is not a CLIP config: {e}") from e
+    if config.model_type != "clip":
+        raise CheckpointError(f"{folder}/config.json describes a {config.model_type!r} model, expected 'clip'")
+    try:
+        model, info = CLIPModel.from_pretrained(
+            folder, attn_implementation="sdpa", dtype=torch.float32, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"could not read the weights in {folder} (truncated or corrupt?): {e}") from e
+    _check_loading_info(info, folder)
+    return model.eval()
+
+
+def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
+    """Write a model in the released Long-CLIP ``.pt`` layout (a pickled OpenAI-layout state dict).
+
+    For tools that only read that format. Both position tables hold the model's table, so the released code's
+    ``positional_embedding * mask1 + positional_embedding_res * mask2`` gives it back exactly.
+    """
+    for tower in (model.config.text_config, model.config.vision_config):
+        if tower.num_attention_heads != _heads(tower.hidden_size):
+            raise ValueError(
+                f"the .pt layout cannot record attention heads; readers assume width // {HEAD_WIDTH} = "
+                f"{_heads(tower.hidden_size)}, but this model's {tower.model_type} has {tower.num_attention_heads}. "
+                "Save it with save_pretrained instead."
+            )
+    keep = getattr(model.config, "longclip_keep_rows", None) or LONGCLIP_KEEP_ROWS
+    state_dict = hf_to_openai(model.state_dict(), model.config, keep=keep)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))

@@ -1,0 +1,163 @@
+"""CLIP's byte-pair tokenizer at any context length.
+
+Long-CLIP keeps CLIP's vocabulary and only raises the context from 77 to 248 tokens. The BPE merge list ships with
+the package (``assets/bpe_simple_vocab_16e6.txt.gz``), so nothing is downloaded. The heavy lifting is done by
+transformers' ``CLIPTokenizer`` (Rust ``tokenizers`` backend); in front of it we apply the text cleaning of OpenAI's
+original tokenizer (ftfy, HTML unescaping twice, whitespace collapsing), without which texts such as ``"&amp;"``
+would get other ids than the released models were trained with.
+
+Padding follows the original code: id 0 after the end-of-text token. The models never look at it, because the text
+tower is causal and pools the end-of-text position.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import html
+import os
+import re
+from collections.abc import Sequence
+from importlib import resources
+
+import ftfy
+import torch
+
+DEFAULT_CONTEXT_LENGTH = 248  # Long-CLIP's context: 20 kept positions + 57 stretched four times
+CLIP_CONTEXT_LENGTH = 77  # the context every OpenAI CLIP was trained with
+SOT_TOKEN, EOT_TOKEN = "<|startoftext|>", "<|endoftext|>"
+SOT_ID, EOT_ID, PAD_ID = 49406, 49407, 0
+VOCAB_SIZE = 49408
+
+_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+_NUM_MERGES = VOCAB_SIZE - 256 * 2 - 2  # 256 byte symbols, the same with the end-of-word mark, SOT and EOT
+
+
+def _byte_symbols() -> list[str]:
+    """One printable unicode character per byte value, in CLIP's vocabulary order.
+
+    Printable bytes stand for themselves and come first; whitespace and control bytes get characters from 256 up, so
+    BPE never sees them raw. The order matters: it fixes the ids of the first 512 vocabulary entries.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's 49,408-entry vocabulary and its BPE merges, built from the shipped merge list."""
+    with resources.files("longclip.assets").joinpath(_BPE_FILE).open("rb") as raw:
+        lines = gzip.decompress(raw.read()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]  # line 0 is a version header
+    bytes_ = _byte_symbols()
+    tokens = bytes_ + [b + "</w>" for b in bytes_] + ["".join(m) for m in merges] + [SOT_TOKEN, EOT_TOKEN]
+    if len(tokens) != VOCAB_SIZE:
+        raise RuntimeError(f"the shipped BPE file gives {len(tokens)} tokens, expected {VOCAB_SIZE}: is it damaged?")
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def clean_text(text: str) -> str:
+    """OpenAI CLIP's text cleaning: repair mojibake, unescape HTML (twice, as the original does), collapse spaces."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class LongCLIPTokenizer:
+    """CLIP BPE tokenizer producing fixed-length id tensors for a given context length.
+
+    Args:
+        context_length: Number of positions of the text tower (248 for Long-CLIP, 77 for CLIP).
+    """
+
+    def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH):
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
+        from transformers import CLIPTokenizer
+
+        vocab, merges = vocabulary_and_merges()
+        self.context_length = context_length
+        self.hf_tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
+        self._backend = self.hf_tokenizer.backend_tokenizer
+
+    def encode(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, start and end tokens included, never truncated."""
+        texts = _as_list(texts)
+        return [e.ids for e in self._backend.encode_batch([clean_text(t) for t in texts])]
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Number of tokens of each text, start and end tokens included."""
+        return [len(ids) for ids in self.encode(texts)]
+
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None, truncate: bool = False
+    ) -> torch.Tensor:
+        """Tokenize texts into a ``[len(texts), context_length]`` int64 tensor padded with 0.
+
+        Args:
+            texts: A text or a list of texts.
+            context_length: Overrides the tokenizer's context length.
+            truncate: Cut texts that do not fit and put the end token last (as Long-CLIP does). If False, a text
+                that does not fit raises ``ValueError`` naming its position and token count.
+        """
+        length = context_length or self.context_length
+        return pad_token_ids(self.encode(texts), length, truncate=truncate)
+
+    def chunk(self, text: str, context_length: int | None = None) -> list[list[int]]:
+        """Split one text's tokens into consecutive pieces that each fit the context, each with start and end tokens.
+
+        A text that fits gives one piece. Used by ``embed_texts(long_texts="chunk")``.
+        """
+        length = context_length or self.context_length
+        body = self.encode(text)[0][1:-1]
+        step = length - 2
+        pieces = [body[i : i + step] for i in range(0, len(body), step)] or [[]]
+        return [[SOT_ID, *piece, EOT_ID] for piece in pieces]
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write transformers tokenizer files (``model_max_length`` = the context length) into ``directory``."""
+        self.hf_tokenizer.save_pretrained(directory)
+
+
+def pad_token_ids(ids: Sequence[Sequence[int]], context_length: int, truncate: bool = False) -> torch.Tensor:
+    """Pack id lists into a zero-padded ``[N, context_length]`` tensor, truncating as Long-CLIP does if asked."""
+    result = torch.full((len(ids), context_length), PAD_ID, dtype=torch.long)
+    for i, row in enumerate(ids):
+        if len(row) > context_length:
+            if not truncate:
+                raise ValueError(
+                    f"text {i} has {len(row)} tokens, more than the context length {context_length}; "
+                    "pass truncate=True to cut it, or embed it in chunks (long_texts='chunk')"
+                )
+            row = [*row[: context_length - 1], EOT_ID]
+        result[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return result
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is a {type(text).__name__}, expected str")
+    return texts
+
+
+@functools.lru_cache(maxsize=8)
+def get_tokenizer(context_length: int = DEFAULT_CONTEXT_LENGTH) -> LongCLIPTokenizer:
+    """A shared tokenizer for this context length (building one takes about a second)."""
+    return LongCLIPTokenizer(context_length)
+
+
+def tokenize(
+    texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH, truncate: bool = False
+) -> torch.Tensor:
+    """Tokenize texts the way Long-CLIP does: ``[N, context_length]`` ids, start 49406, end 49407, padding 0.
+
+    Args:
+        texts: A text or a list of texts.
+        context_length: 248 for Long-CLIP models, 77 for original CLIP.
+        truncate: Cut over-long texts (keeping the end token last) instead of raising ``ValueError``.
+    """
+    return get_tokenizer(context_length)(texts, truncate=truncate)
