@@ -256,3 +256,18 @@ def test_uncached_hub_id_offline_says_what_to_download(offline_hub):
     assert "BeichenZhang/LongCLIP-L is not in the local Hugging Face cache" in message
     assert "hf download BeichenZhang/LongCLIP-L" in message and "longclip-L.pt" in message
     assert str(offline_hub) in message
+
+
+def test_missing_local_file_is_not_mistaken_for_a_hub_id(offline_hub):
+    with pytest.raises(FileNotFoundError, match="checkpoints/longclip-B.pt: no such file or directory") as error:
+        load_clip("checkpoints/longclip-B.pt")
+    assert not isinstance(error.value, HubUnavailableError)
+
+
+def test_plain_clip_is_written_in_openai_layout(tmp_path):
+    reference = _reference(long=False)
+    torch.save(reference.state_dict(), tmp_path / "clip.pt")
+    save_longclip_pt(load_clip(tmp_path / "clip.pt").model, tmp_path / "again.pt")
+    written = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert detect_format(written) == "openai"
+    ReferenceCLIP(context=77).load_state_dict(written, strict=True)

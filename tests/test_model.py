@@ -173,3 +173,13 @@ def test_processor_from_pretrained_matches_the_model(model, tmp_path, photos):
     batch = processor(text=SHORT + [OVERLONG], images=[photos["astronaut"]])
     assert torch.equal(batch["input_ids"], longclip.tokenize(SHORT + [OVERLONG], truncate=True))
     assert torch.equal(batch["pixel_values"][0], model.preprocess(photos["astronaut"]))
+
+
+def test_empty_inputs_keep_the_feature_width(model):
+    assert model.embed_texts([]).shape == (0, 16)
+    assert model.embed_images([]).shape == (0, 16)
+
+
+def test_chunking_needs_normalized_features(model):
+    with pytest.raises(ValueError, match="needs normalize=True"):
+        model.embed_texts([OVERLONG], long_texts="chunk", normalize=False)

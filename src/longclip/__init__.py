@@ -5,18 +5,34 @@
 >>> text = longclip.tokenize(["A man is crossing the street with a red car parked nearby."])
 >>> image = preprocess("demo.png").unsqueeze(0)
 >>> logits_per_image, logits_per_text = model(image, text)
+
+Names are imported on first use: ``import longclip`` stays fast (the CLI's ``--help`` does not wait for torch and
+transformers to load).
 """
 
-from .api import load, load_from_clip
-from .checkpoints import CheckpointError, available_models
-from .images import ImageLoadError, open_image
-from .models import DualEncoder, LongCLIPModel
-from .positions import fold_positional_tables, stretch_positional_embedding
-from .processing import LongCLIPProcessor
-from .tokenizer import LongCLIPTokenizer, tokenize
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "load": "api",
+    "load_from_clip": "api",
+    "CheckpointError": "checkpoints",
+    "available_models": "checkpoints",
+    "ImageLoadError": "images",
+    "open_image": "images",
+    "DualEncoder": "models",
+    "LongCLIPModel": "models",
+    "fold_positional_tables": "positions",
+    "stretch_positional_embedding": "positions",
+    "LongCLIPProcessor": "processing",
+    "LongCLIPTokenizer": "tokenizer",
+    "tokenize": "tokenizer",
+}
 __all__ = [
     "CheckpointError",
     "DualEncoder",
@@ -32,3 +48,15 @@ __all__ = [
     "stretch_positional_embedding",
     "tokenize",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from .api import load, load_from_clip
+    from .checkpoints import CheckpointError, available_models
+    from .images import ImageLoadError, open_image
+    from .models import DualEncoder, LongCLIPModel
+    from .positions import fold_positional_tables, stretch_positional_embedding
+    from .processing import LongCLIPProcessor
+    from .tokenizer import LongCLIPTokenizer, tokenize

@@ -15,6 +15,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from ..positions import LONGCLIP_KEEP_ROWS
+from ..tokenizer import CLIP_CONTEXT_LENGTH
 from .convert import HEAD_WIDTH, _heads, config_from_openai, detect_format, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
 from .reading import CheckpointError, read_state_dict
@@ -24,6 +25,7 @@ __all__ = [
     "HubUnavailableError",
     "LoadedCheckpoint",
     "available_models",
+    "check_pt_compatible",
     "config_from_openai",
     "detect_format",
     "hf_to_openai",
@@ -135,19 +137,27 @@ def _load_hf_directory(folder: Path) -> CLIPModel:
     return model.eval()
 
 
-def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
-    """Write a model in the released Long-CLIP ``.pt`` layout (a pickled OpenAI-layout state dict).
-
-    For tools that only read that format. Both position tables hold the model's table, so the released code's
-    ``positional_embedding * mask1 + positional_embedding_res * mask2`` gives it back exactly.
-    """
-    for tower in (model.config.text_config, model.config.vision_config):
+def check_pt_compatible(config: CLIPConfig) -> None:
+    """Raise ``ValueError`` if the ``.pt`` layout cannot describe this architecture (it has no field for heads)."""
+    for tower in (config.text_config, config.vision_config):
         if tower.num_attention_heads != _heads(tower.hidden_size):
             raise ValueError(
                 f"the .pt layout cannot record attention heads; readers assume width // {HEAD_WIDTH} = "
                 f"{_heads(tower.hidden_size)}, but this model's {tower.model_type} has {tower.num_attention_heads}. "
                 "Save it with save_pretrained instead."
             )
-    keep = getattr(model.config, "longclip_keep_rows", None) or LONGCLIP_KEEP_ROWS
+
+
+def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
+    """Write a model in the released Long-CLIP ``.pt`` layout (a pickled OpenAI-layout state dict).
+
+    For tools that only read that format. Both position tables hold the model's table, so the released code's
+    ``positional_embedding * mask1 + positional_embedding_res * mask2`` gives it back exactly. A 77-token CLIP that
+    is no Long-CLIP is written in OpenAI's layout, with a single table, as OpenAI's loader expects.
+    """
+    check_pt_compatible(model.config)
+    keep = getattr(model.config, "longclip_keep_rows", None)
+    if keep is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
+        keep = LONGCLIP_KEEP_ROWS
     state_dict = hf_to_openai(model.state_dict(), model.config, keep=keep)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))

@@ -24,6 +24,7 @@ KNOWN_MODELS = {
 _WEIGHT_PATTERNS = ["*.safetensors", "*.pt", "*.pth"]
 _SIDE_FILES = ["*.json", "*.txt"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".json")
 
 
 def available_models() -> list[str]:
@@ -32,8 +33,14 @@ def available_models() -> list[str]:
 
 
 def is_hub_id(name: str) -> bool:
-    """Whether ``name`` has the ``org/name`` shape of a hub repository id (``hf-hub:`` prefix allowed)."""
-    return bool(_HUB_ID.match(name.removeprefix("hf-hub:")))
+    """Whether ``name`` means a hub repository: ``hf-hub:org/name``, or ``org/name`` that does not look like a path.
+
+    ``checkpoints/longclip-B.pt`` has the ``org/name`` shape too; a checkpoint file suffix or a leading ``.``,
+    ``/`` or ``~`` marks it as a (mistyped or missing) local path instead.
+    """
+    if name.startswith("hf-hub:"):
+        return bool(_HUB_ID.match(name.removeprefix("hf-hub:")))
+    return bool(_HUB_ID.match(name)) and not name.endswith(_FILE_SUFFIXES) and not name.startswith((".", "~"))
 
 
 class HubUnavailableError(FileNotFoundError):

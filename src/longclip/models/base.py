@@ -44,6 +44,11 @@ class DualEncoder(nn.Module):
         raise NotImplementedError
 
     @property
+    def embed_dim(self) -> int:
+        """Width of the shared embedding space."""
+        raise NotImplementedError
+
+    @property
     def context_length(self) -> int:
         return self.tokenizer.context_length
 
@@ -91,33 +96,33 @@ class DualEncoder(nn.Module):
             normalize: L2-normalize the features.
             long_texts: What to do with a text longer than the context: ``"truncate"`` cuts it (end token kept
                 last, as Long-CLIP does); ``"chunk"`` splits it into consecutive pieces that fit, embeds each, and
-                returns the mean of the L2-normalized piece embeddings (renormalized if ``normalize``); ``"error"``
-                raises ``ValueError`` naming the text.
+                returns the renormalized mean of the L2-normalized piece embeddings (so it needs ``normalize=True``);
+                ``"error"`` raises ``ValueError`` naming the text.
             progress: Show a progress bar; by default only for inputs of many batches.
         """
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a list of texts; wrap a single text in a list")
         if long_texts not in ("truncate", "chunk", "error"):
             raise ValueError(f"long_texts must be 'truncate', 'chunk' or 'error', got {long_texts!r}")
+        if long_texts == "chunk" and not normalize:
+            raise ValueError("long_texts='chunk' averages normalized piece embeddings; it needs normalize=True")
         texts = list(texts)
         pieces, owners = self._split_texts(texts, long_texts)
         order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]), reverse=True)
         features: torch.Tensor | None = None
         for batch in self._batches(order, batch_size, progress, "texts"):
             tokens = pad_token_ids([pieces[i] for i in batch], max(len(pieces[i]) for i in batch))
-            out = self.encode_text(tokens.to(self.device), normalize=normalize or long_texts == "chunk").float()
+            out = self.encode_text(tokens.to(self.device), normalize=normalize).float()
             if features is None:
                 features = torch.empty(len(pieces), out.shape[1], device=out.device)
             features[batch] = out
         if features is None:
-            return torch.empty(0, 0)
+            return torch.empty(0, self.embed_dim)
         if long_texts == "chunk":
             summed = torch.zeros(len(texts), features.shape[1], device=features.device)
             summed.index_add_(0, torch.tensor(owners, device=features.device), features)
             counts = torch.bincount(torch.tensor(owners), minlength=len(texts)).to(features.device)
-            features = summed / counts[:, None]
-            if normalize:
-                features = F.normalize(features, dim=-1)
+            features = F.normalize(summed / counts[:, None], dim=-1)
         return features.cpu()
 
     def _split_texts(self, texts: list[str], long_texts: LongTextMode) -> tuple[list[list[int]], list[int]]:
@@ -183,7 +188,7 @@ class DualEncoder(nn.Module):
         if features is None:
             if failed:
                 raise ImageLoadError(str(images[failed[0]]), f"none of the {len(images)} images could be loaded")
-            return torch.empty(0, 0)
+            return torch.empty(0, self.embed_dim)
         return features.cpu()
 
     def _batches(self, items: list[int], batch_size: int, progress: bool | None, unit: str) -> Iterator[list[int]]:

@@ -57,6 +57,10 @@ class LongCLIPModel(DualEncoder):
         return self.clip.logit_scale
 
     @property
+    def embed_dim(self) -> int:
+        return self.clip.config.projection_dim
+
+    @property
     def processor(self) -> LongCLIPProcessor:
         """Tokenizer and preprocessing together, as ``LongCLIPProcessor``."""
         return LongCLIPProcessor(self.tokenizer, self.image_transform)

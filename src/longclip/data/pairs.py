@@ -1,0 +1,324 @@
+"""Image/long-caption pairs: reading them from ShareGPT4V json or caption tables, and serving them to a DataLoader.
+
+Long-CLIP fine-tunes on ShareGPT4V (about 1.2M images with ~100-200 word captions) and holds out its first 1,000
+records as the ShareGPT4V-1k retrieval benchmark. Everything here is index-based (a list of :class:`CaptionedImage`
+records plus a :class:`PairDataset`); streaming tar shards live in :mod:`longclip.data.webdataset`.
+
+Images that are missing or cannot be decoded do not stop training: :class:`PairDataset` returns ``None`` for them
+and :class:`CaptionCollator` drops them and counts them in ``num_bad``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from longclip.data.captions import first_sentence
+from longclip.images import ImageLoadError
+from longclip.tokenizer import EOT_ID, LongCLIPTokenizer
+
+__all__ = [
+    "CaptionCollator",
+    "CaptionedImage",
+    "PairDataset",
+    "read_caption_table",
+    "read_pairs",
+    "read_sharegpt4v",
+    "split_holdout",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+_JSON_SUFFIXES = (".json",)
+_TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_SUPPORTED = ", ".join((*_JSON_SUFFIXES, *_TABLE_DELIMITERS))
+# Delimiters tried when a table's suffix does not say which one it uses.
+_SNIFF_DELIMITERS = ",\t;|"
+_SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """One training pair.
+
+    Attributes:
+        image: Path of the image file, already joined with the image root.
+        caption: The long caption.
+        short_caption: The short caption: given by the source, or :func:`first_sentence` of ``caption``.
+    """
+
+    image: str
+    caption: str
+    short_caption: str
+
+
+def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[CaptionedImage]:
+    """Read a ShareGPT4V caption file.
+
+    The file is a json list of records such as ``{"id": ..., "image": "coco/train2017/x.jpg", "conversations":
+    [{"from": "human", "value": "<image>\\nDescribe..."}, {"from": "gpt", "value": LONG CAPTION}]}``; the long
+    caption is ``conversations[1]["value"]`` and the short caption its first sentence.
+
+    Args:
+        json_path: The json file.
+        image_root: Folder the records' image paths are relative to (absolute image paths are kept).
+
+    Returns:
+        One :class:`CaptionedImage` per record, in file order.
+
+    Raises:
+        FileNotFoundError: ``json_path`` does not exist.
+        ValueError: The file is not a json list, or a record lacks an image path or a non-empty caption (the
+            message names the record index and what is missing).
+    """
+    json_path = Path(json_path)
+    with json_path.open(encoding="utf-8") as handle:
+        try:
+            records = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{json_path} is not valid json: {exc}") from exc
+    if not isinstance(records, list):
+        raise ValueError(f"{json_path}: expected a json list of ShareGPT4V records, got {type(records).__name__}")
+
+    pairs = []
+    for index, record in enumerate(records):
+        image, caption = _sharegpt4v_fields(record, index, json_path)
+        pairs.append(CaptionedImage(os.path.join(image_root, image), caption, first_sentence(caption)))
+    logger.info("read %d pairs from %s", len(pairs), json_path)
+    return pairs
+
+
+def _sharegpt4v_fields(record: Any, index: int, json_path: Path) -> tuple[str, str]:
+    """The image path and stripped long caption of one ShareGPT4V record, or a ValueError saying what is missing."""
+
+    def fail(missing: str) -> ValueError:
+        return ValueError(f"{json_path}: record {index} has no {missing}")
+
+    if not isinstance(record, dict):
+        raise ValueError(f"{json_path}: record {index} is a {type(record).__name__}, expected a json object")
+    image = record.get("image")
+    if not isinstance(image, str) or not image:
+        raise fail('"image" path')
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or len(conversations) < 2:
+        raise fail('"conversations" list with at least two turns (the caption is conversations[1]["value"])')
+    answer = conversations[1]
+    caption = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(caption, str) or not caption.strip():
+        raise fail('caption: conversations[1]["value"] is missing or empty')
+    return image, caption.strip()
+
+
+def read_caption_table(path: PathLike, image_root: PathLike | None = None) -> list[CaptionedImage]:
+    """Read a CSV or TSV table of image paths and captions.
+
+    The table has a header row with the columns ``image`` and ``caption`` and optionally ``short_caption`` (an empty
+    cell there, or no such column, gives the caption's first sentence); other columns are ignored. ``.csv`` files
+    are comma separated, ``.tsv`` and ``.tab`` files tab separated, and for any other suffix the delimiter is sniffed.
+    Fields may be quoted, so captions can contain the delimiter, quotes and line breaks.
+
+    Args:
+        path: The table.
+        image_root: Folder relative image paths are resolved against; defaults to the table's own folder.
+
+    Returns:
+        One :class:`CaptionedImage` per data row, in file order (blank lines are skipped).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A required column is missing (the message names the file, the column and the columns found), or
+            a row is too short or has an empty image or caption cell (the message names the line).
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    # utf-8-sig so that a byte-order mark (Excel writes one) does not become part of the first column's name.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        delimiter = _TABLE_DELIMITERS.get(path.suffix.lower()) or _sniff_delimiter(handle, path)
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in ("image", "caption") if name not in header]
+        if missing:
+            raise ValueError(
+                f"{path}: missing required column {missing[0]!r} (required: 'image', 'caption'; "
+                f"optional: 'short_caption'); columns found: {header}"
+            )
+        image_col, caption_col = header.index("image"), header.index("caption")
+        short_col = header.index("short_caption") if "short_caption" in header else None
+        needed = max(image_col, caption_col, short_col if short_col is not None else 0) + 1
+
+        pairs = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            # line_num is the physical line the row ended on, which is what an editor shows.
+            where = f"{path}, line {reader.line_num}"
+            if len(row) < needed:
+                raise ValueError(f"{where}: expected at least {needed} fields, got {len(row)}: {row}")
+            image, caption = row[image_col].strip(), row[caption_col].strip()
+            if not image:
+                raise ValueError(f"{where}: empty 'image' cell")
+            if not caption:
+                raise ValueError(f"{where}: empty 'caption' cell")
+            short = row[short_col].strip() if short_col is not None else ""
+            pairs.append(CaptionedImage(str(root / image), caption, short or first_sentence(caption)))
+    logger.info("read %d pairs from %s", len(pairs), path)
+    return pairs
+
+
+def _sniff_delimiter(handle: Any, path: Path) -> str:
+    """Guess a table's delimiter from its beginning and rewind the file."""
+    sample = handle.read(_SNIFF_BYTES)
+    handle.seek(0)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
+    except csv.Error:
+        # A one-column sample cannot be sniffed; the header check that follows then reports what it found.
+        logger.debug("could not sniff the delimiter of %s; assuming commas", path)
+        return ","
+
+
+def read_pairs(source: PathLike, image_root: PathLike | None = None) -> list[CaptionedImage]:
+    """Read image/caption pairs from a file, choosing the reader by its suffix.
+
+    ``.json`` is read as ShareGPT4V (:func:`read_sharegpt4v`), ``.csv``, ``.tsv`` and ``.tab`` as a caption table
+    (:func:`read_caption_table`). Webdataset tar shards are streamed instead: see
+    :func:`longclip.data.webdataset_pairs`.
+
+    Args:
+        source: The caption file.
+        image_root: Folder relative image paths are resolved against; defaults to the caption file's folder.
+
+    Returns:
+        The pairs, in file order.
+
+    Raises:
+        ValueError: The suffix is not supported, or the file is malformed (see the readers).
+        FileNotFoundError: ``source`` does not exist.
+    """
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in _JSON_SUFFIXES:
+        return read_sharegpt4v(path, image_root if image_root is not None else path.parent)
+    if suffix in _TABLE_DELIMITERS:
+        return read_caption_table(path, image_root)
+    raise ValueError(
+        f"unsupported caption file {str(path)!r}: expected one of {_SUPPORTED} (ShareGPT4V json or a CSV/TSV table "
+        "with 'image' and 'caption' columns); for webdataset tar shards use longclip.data.webdataset_pairs"
+    )
+
+
+def split_holdout(pairs: Sequence[CaptionedImage], n: int) -> tuple[list[CaptionedImage], list[CaptionedImage]]:
+    """Hold out the first ``n`` pairs for validation, as ShareGPT4V-1k holds out ShareGPT4V's first 1,000 records.
+
+    Args:
+        pairs: All pairs, in file order.
+        n: Number of pairs to hold out (0 gives an empty validation set).
+
+    Returns:
+        ``(validation, training)``: the first ``n`` pairs and the rest.
+
+    Raises:
+        ValueError: ``n`` is negative or larger than ``len(pairs)``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if n > len(pairs):
+        raise ValueError(f"cannot hold out {n} pairs from only {len(pairs)}")
+    return list(pairs[:n]), list(pairs[n:])
+
+
+class PairDataset(Dataset):
+    """Map-style dataset over :class:`CaptionedImage` records that loads and preprocesses each image.
+
+    Items are dicts ``{"index": int, "pixels": FloatTensor[3, H, W], "caption": str, "short_caption": str}``, or
+    ``None`` when the image is missing or cannot be decoded (logged at DEBUG with the path and reason), so that one
+    bad file does not stop a run; :class:`CaptionCollator` drops and counts them.
+    """
+
+    def __init__(self, pairs: Sequence[CaptionedImage], transform: Callable[[Any], torch.Tensor]) -> None:
+        """Wrap pairs and a transform.
+
+        Args:
+            pairs: The records to serve.
+            transform: Image path -> float tensor ``[3, H, W]``, e.g. :class:`longclip.images.ImageTransform`. It
+                should raise :class:`~longclip.images.ImageLoadError` or ``FileNotFoundError`` for bad images; other
+                exceptions propagate.
+        """
+        self.pairs = pairs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Number of pairs."""
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """Load pair ``index``; ``None`` if its image is missing or unreadable."""
+        pair = self.pairs[index]
+        try:
+            pixels = self.transform(pair.image)
+        except (ImageLoadError, FileNotFoundError) as exc:
+            logger.debug("skipping pair %d, image %s: %s", index, pair.image, exc)
+            return None
+        return {"index": index, "pixels": pixels, "caption": pair.caption, "short_caption": pair.short_caption}
+
+
+class CaptionCollator:
+    """Batch :class:`PairDataset` (or :func:`~longclip.data.webdataset_pairs`) items: drop bad ones, tokenize.
+
+    The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids": LongTensor[B, L1], "short_ids":
+    LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}``, where ``B`` is the number of good items and
+    ``num_bad`` the number of ``None`` items dropped. Captions are tokenized at the tokenizer's context length with
+    truncation (the end token kept last), then each id tensor is cut after the batch's last end token, so a batch of
+    short captions is not padded to 248 columns; the causal text tower pools the end token, so the dropped padding
+    changes nothing. When every item is ``None``, ``pixels`` is ``torch.empty(0)`` (the image size is unknown), the
+    id tensors have shape ``[0, 0]``, ``indices`` shape ``[0]`` and ``num_bad`` is ``len(items)``.
+    """
+
+    def __init__(self, tokenizer: LongCLIPTokenizer) -> None:
+        """Use ``tokenizer`` (and its context length) for both captions.
+
+        Args:
+            tokenizer: The tokenizer, e.g. ``LongCLIPTokenizer(248)``.
+        """
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        """Collate a list of items (``None`` for bad images) into a batch."""
+        good = [item for item in items if item is not None]
+        num_bad = len(items) - len(good)
+        if not good:
+            empty_ids = torch.empty((0, 0), dtype=torch.long)
+            return {
+                "pixels": torch.empty(0),
+                "long_ids": empty_ids,
+                "short_ids": empty_ids.clone(),
+                "indices": torch.empty(0, dtype=torch.long),
+                "num_bad": num_bad,
+            }
+        return {
+            "pixels": torch.stack([item["pixels"] for item in good]),
+            "long_ids": self._tokenize([item["caption"] for item in good]),
+            "short_ids": self._tokenize([item["short_caption"] for item in good]),
+            "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
+            "num_bad": num_bad,
+        }
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(texts, truncate=True)
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        # The last end token of each row; every row has one, as the tokenizer always appends it (and keeps it on
+        # truncation), so the widest row decides how many columns the batch needs.
+        last_end = torch.where(ids == EOT_ID, positions, -1).amax(dim=1)
+        width = int(last_end.max()) + 1
+        return ids[:, :width].contiguous()
