@@ -178,6 +178,7 @@ def test_processor_from_pretrained_matches_the_model(model, tmp_path, photos):
 def test_empty_inputs_keep_the_feature_width(model):
     assert model.embed_texts([]).shape == (0, 16)
     assert model.embed_images([]).shape == (0, 16)
+    assert model.encode_text(torch.zeros(0, 248, dtype=torch.long)).shape == (0, 16)
 
 
 def test_chunking_needs_normalized_features(model):

@@ -15,6 +15,7 @@ from conftest import tiny_clip
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
+import longclip
 from longclip.data import CaptionCollator, PairDataset, read_pairs
 from longclip.models import LongCLIPModel
 from longclip.positions import stretch_positional_embedding
@@ -294,3 +295,40 @@ def test_two_process_ddp_equals_a_single_process_computation(dataset, tmp_path):
             torch.testing.assert_close(ddp_weights[name], tensor.detach(), atol=1e-5, rtol=0, msg=name)
             compared += 1
     assert compared == len(ddp_weights) - 4
+
+
+def test_training_streams_webdataset_shards(dataset, tmp_path):
+    import io
+    import tarfile
+
+    rows = list(csv.DictReader(open(dataset / "pairs.csv")))
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
+            for i, row in enumerate(rows[shard * 8 : shard * 8 + 8]):
+                for suffix, payload in (
+                    ("png", (dataset / row["image"]).read_bytes()),
+                    ("txt", row["caption"].encode()),
+                ):
+                    info = tarfile.TarInfo(f"{shard}{i:05d}.{suffix}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    config = _config(
+        dataset, tmp_path / "run", data=str(tmp_path / "shard-{0..1}.tar"), samples_per_epoch=16, epochs=1
+    )
+    summary = train(config)
+    assert summary["finished"] and summary["step"] == 4 and summary["bad_images"] == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="needs --samples-per-epoch"):
+        train(_config(dataset, tmp_path / "again", data=str(tmp_path / "shard-{0..1}.tar")))
+
+
+def test_cli_train_writes_a_model_longclip_loads(dataset, tmp_path, capsys):
+    from longclip.cli import main
+
+    args = ["-q", "train", "--model", str(dataset / "clip77"), "--data", str(dataset / "pairs.csv"),
+            "--output", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--num-workers", "0"]  # fmt: skip
+    assert main(args) == 0
+    model, _ = longclip.load(tmp_path / "run" / "model")
+    assert model.context_length == 248
+    assert main(["train", "--model", "x", "--data", "y", "--output", str(tmp_path / "bad"), "--batch-size", "0"]) == 1
+    assert "batch_size must be at least 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``longclip`` command: convert checkpoints, classify images zero-shot, embed images or texts, inspect models.
+"""The ``longclip`` command: inspect, convert, classify, embed, fine-tune, evaluate, and the offline benchmark.
 
 Subcommands::
 
@@ -7,6 +7,9 @@ Subcommands::
     longclip embed --model M (--images PATH... | --images-from FILE | --texts TEXT... | --texts-from FILE)
                    --output OUT.npy
     longclip info CKPT [--json]
+    longclip train --model M --data D --output OUT [options]      (under torchrun for several processes)
+    longclip eval --model M --dataset NAME[=DIR] ... [--output results.json] | --list
+    longclip reproduce [--output DIR] [--quick]
 
 This module only parses arguments and calls the library (``longclip.load``, ``longclip.checkpoints``); the model
 logic lives there. Expected failures (a missing file, an unreadable checkpoint or image, a bad value) print one line
@@ -42,6 +45,9 @@ examples:
   longclip convert longclip-B.pt longclip-B-hf/
   longclip classify cat.jpg dog.jpg --model longclip-B.pt --label "a photo of a cat" --label "a photo of a dog"
   longclip embed --model longclip-B.pt --images photos/ --output photos.npy
+  longclip train --model openai/clip-vit-base-patch16 --data pairs.csv --output runs/mine
+  longclip eval --model longclip-B.pt --dataset urban1k=data/Urban1k
+  longclip reproduce --quick
 
 Models are given as a released Long-CLIP .pt, an OpenAI CLIP .pt, a transformers CLIP directory or a Hugging Face
 hub id (BeichenZhang/LongCLIP-B, BeichenZhang/LongCLIP-L, openai/clip-vit-base-patch16, ...). Hub ids load from the
@@ -102,6 +108,16 @@ examples:
 
 OUTPUT receives config.json, metrics.jsonl, checkpoints/step-*/ (every --save-every steps) and, when the run is
 complete, model/ (a transformers directory `longclip.load` reads) and longclip.pt with --save-pt.
+"""
+
+_REPRODUCE_EPILOG = """\
+examples:
+  longclip reproduce                     # about 15 minutes on 2 CPU cores
+  longclip reproduce --quick -o /tmp/rq  # about a minute, same steps at toy sizes
+
+OUTPUT receives data/ (the benchmark), clip77/ (the pre-trained 77-token CLIP, reused by later runs with the same
+settings and usable with --model elsewhere), one directory per fine-tuned variant, results.json, results.md and
+effective_length*.png.
 """
 
 _INFO_EPILOG = """\
@@ -292,6 +308,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _train_flags(train)
     train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        parents=[common],
+        help="evaluate a model on retrieval and zero-shot classification benchmarks",
+        description="Zero-shot retrieval (COCO, Flickr30k, Urban-1k, ShareGPT4V, DCI, DOCCI) and classification "
+        "(ImageNet, CIFAR, a class folder) from local copies of the data sets in their published layouts.",
+        epilog=_EVAL_EPILOG,
+        formatter_class=formatter,
+    )
+    evaluate.add_argument("--list", action="store_true", help="list the registered data sets and their layouts")
+    evaluate.add_argument(
+        "--dataset",
+        "-d",
+        action="append",
+        default=[],
+        metavar="NAME[=DIR]",
+        help="a registered data set, optionally with its folder (repeat for more)",
+    )
+    evaluate.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of the next --dataset given without =DIR (one per such data set, or one shared by all)",
+    )
+    evaluate.add_argument("--model", "-m", metavar="M", help="checkpoint: .pt file, transformers directory or hub id")
+    evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    evaluate.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="weight dtype (default: float32 on the CPU, float16 on CUDA)"
+    )
+    evaluate.add_argument("--revision", default=None, help="hub revision (branch, tag or commit), for hub ids")
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images / texts per forward pass"
+    )
+    _long_texts_flag(evaluate)
+    evaluate.add_argument("--output", "-o", metavar="FILE.json", help="write the results as a JSON list")
+    evaluate.add_argument("--markdown", metavar="FILE.md", help="write the results as a markdown table")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        parents=[common],
+        help="Long-CLIP's experiment in miniature, offline on a CPU (the package's main demonstration)",
+        description="Generate a synthetic long-caption benchmark, pre-train a small CLIP at 77 tokens, fine-tune it "
+        "with linear stretching, knowledge-preserving stretching, and Long-CLIP's primary component matching, and "
+        "compare the four on long-caption retrieval, short-caption retrieval, attribute classification and the "
+        "effective-length curve. Nothing is downloaded.",
+        epilog=_REPRODUCE_EPILOG,
+        formatter_class=formatter,
+    )
+    reproduce.add_argument("--output", "-o", default="runs/reproduce", help="run directory (default: %(default)s)")
+    reproduce.add_argument("--quick", action="store_true", help="tiny sizes: the same pipeline in about a minute")
+    reproduce.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
+    reproduce.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    reproduce.set_defaults(handler=_cmd_reproduce)
     return parser
 
 
@@ -595,6 +667,15 @@ def _skipped_images(model: Any, items: list[str], features: Any) -> list[dict[st
 # --- info ------------------------------------------------------------------------------------------------------------
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    reproduce(args.output, quick=args.quick, seed=args.seed, device=args.device)
+    print((Path(args.output) / "results.md").read_text(), end="")
+    _status(args, f"results, models and plots in {args.output}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -724,6 +805,79 @@ def _stored_dtype(checkpoint: Any) -> str | None:
             if tensor.is_floating_point():
                 names.add(str(tensor.dtype).removeprefix("torch."))
     return ", ".join(sorted(names)) or None
+
+
+# --- eval ------------------------------------------------------------------------------------------------------------
+
+_EVAL_EPILOG = """\
+examples:
+  longclip eval --list
+  longclip eval --model longclip-B.pt --dataset urban1k=data/Urban1k --dataset coco=data/coco
+  longclip eval --model longclip-L.pt -d cifar10 -d cifar100 --root data/ --output results.json --markdown results.md
+
+Data sets are given as NAME=DIR, or as NAME with the folder in a --root: bare names take the --root values in
+order, or all share a single --root. `longclip eval --list` shows each data set's expected layout. Every data set is
+checked before the model is loaded. Unreadable images are left out (with their captions) and counted under
+"skipped". The table printed (and written with --markdown) gives recall and accuracy in percent; --output writes
+CLIP_benchmark's keys (image_retrieval_recall@5, acc1, ...) as a JSON list.
+"""
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from .eval.datasets import DATASETS, load_dataset
+    from .eval.runner import evaluate_dataset, format_markdown, write_report
+
+    if args.list:
+        for name, spec in DATASETS.items():
+            print(f"{name} ({spec.kind})")
+            print(textwrap.indent(textwrap.fill(spec.layout, 96, break_on_hyphens=False), " " * 4))
+        return 0
+    if not args.dataset:
+        raise ValueError("no data set: give --dataset NAME=DIR (or --dataset NAME --root DIR), or --list")
+    if not args.model:
+        raise ValueError("--model is required to evaluate (only --list works without one)")
+    pairs = _eval_pairs(args.dataset, args.root)
+    # Read every data set first, so that a wrong folder fails before the (slow) model load.
+    datasets = [load_dataset(name, root) for name, root in pairs]
+    model = _load_model(args)
+    results = []
+    for dataset in datasets:
+        logger.info("evaluating on %s", dataset.name)
+        results.append(
+            evaluate_dataset(
+                model, dataset, batch_size=args.batch_size, long_texts=args.long_texts, model_name=args.model
+            )
+        )
+    write_report(results, args.output, args.markdown)
+    print(format_markdown(results), end="")
+    for path in (args.output, args.markdown):
+        if path is not None:
+            _status(args, f"wrote {path}")
+    return 0
+
+
+def _eval_pairs(datasets: list[str], roots: list[str]) -> list[tuple[str, str]]:
+    """(name, folder) for each --dataset: NAME=DIR as given, bare NAMEs take the --root values in order."""
+    bare = [value for value in datasets if "=" not in value]
+    if roots and not bare:
+        raise ValueError("--root given, but every --dataset already names its folder as NAME=DIR")
+    if bare and not roots:
+        raise ValueError(f"no folder for data set {bare[0]!r}: give --dataset {bare[0]}=DIR or a --root DIR")
+    if len(roots) not in (1, len(bare)):
+        raise ValueError(
+            f"{len(bare)} data sets without =DIR but {len(roots)} --root values; give one --root per such data set "
+            "(in order) or a single --root for all"
+        )
+    shared = iter(roots if len(roots) == len(bare) else roots * len(bare))
+    pairs = []
+    for value in datasets:
+        name, separator, root = value.partition("=")
+        if separator and not root:
+            raise ValueError(f"--dataset {value!r} has an empty folder after '='")
+        pairs.append((name.strip(), root if separator else next(shared)))
+    return pairs
 
 
 # --- shared helpers --------------------------------------------------------------------------------------------------

@@ -108,22 +108,34 @@ class DualEncoder(nn.Module):
             raise ValueError("long_texts='chunk' averages normalized piece embeddings; it needs normalize=True")
         texts = list(texts)
         pieces, owners = self._split_texts(texts, long_texts)
-        order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]), reverse=True)
-        features: torch.Tensor | None = None
-        for batch in self._batches(order, batch_size, progress, "texts"):
-            tokens = pad_token_ids([pieces[i] for i in batch], max(len(pieces[i]) for i in batch))
-            out = self.encode_text(tokens.to(self.device), normalize=normalize).float()
-            if features is None:
-                features = torch.empty(len(pieces), out.shape[1], device=out.device)
-            features[batch] = out
-        if features is None:
-            return torch.empty(0, self.embed_dim)
+        features = self.embed_tokens(pieces, batch_size=batch_size, normalize=normalize, progress=progress)
         if long_texts == "chunk":
-            summed = torch.zeros(len(texts), features.shape[1], device=features.device)
-            summed.index_add_(0, torch.tensor(owners, device=features.device), features)
-            counts = torch.bincount(torch.tensor(owners), minlength=len(texts)).to(features.device)
+            summed = torch.zeros(len(texts), features.shape[1])
+            summed.index_add_(0, torch.tensor(owners, dtype=torch.long), features)
+            counts = torch.bincount(torch.tensor(owners, dtype=torch.long), minlength=len(texts))
             features = F.normalize(summed / counts[:, None], dim=-1)
-        return features.cpu()
+        return features
+
+    @torch.no_grad()
+    def embed_tokens(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        batch_size: int = 64,
+        normalize: bool = True,
+        progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed already tokenized texts (lists of ids, start and end tokens included, each fitting the context).
+
+        Lists are sorted by length and batched with their neighbours, each batch only as wide as its longest list,
+        so no text is computed with more padding than its batch needs. Returns ``[len(token_ids), dim]`` float32
+        features in input order.
+        """
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)
+        features = torch.empty(len(token_ids), self.embed_dim)
+        for batch in self._batches(order, batch_size, progress, "texts"):
+            tokens = pad_token_ids([token_ids[i] for i in batch], max(len(token_ids[i]) for i in batch))
+            features[batch] = self.encode_text(tokens.to(self.device), normalize=normalize).float().cpu()
+        return features
 
     def _split_texts(self, texts: list[str], long_texts: LongTextMode) -> tuple[list[list[int]], list[int]]:
         """Token id lists to embed and, for each, the index of the text it belongs to."""
@@ -165,7 +177,7 @@ class DualEncoder(nn.Module):
             progress: Show a progress bar; by default only for inputs of many batches.
         """
         images = list(images)
-        features: torch.Tensor | None = None
+        features = torch.full((len(images), self.embed_dim), math.nan)
         failed: list[int] = []
         for batch in self._batches(list(range(len(images))), batch_size, progress, "images"):
             pixels, kept = [], []
@@ -179,17 +191,12 @@ class DualEncoder(nn.Module):
                         raise
                     logger.warning("skipping image %d: %s", i, e)
                     failed.append(i)
-            if not pixels:
-                continue
-            out = self.encode_image(torch.stack(pixels).to(self.device), normalize=normalize).float()
-            if features is None:
-                features = torch.full((len(images), out.shape[1]), math.nan, device=out.device)
-            features[kept] = out
-        if features is None:
-            if failed:
-                raise ImageLoadError(str(images[failed[0]]), f"none of the {len(images)} images could be loaded")
-            return torch.empty(0, self.embed_dim)
-        return features.cpu()
+            if pixels:
+                pixels = torch.stack(pixels).to(self.device)
+                features[kept] = self.encode_image(pixels, normalize=normalize).float().cpu()
+        if images and len(failed) == len(images):
+            raise ImageLoadError(str(images[failed[0]]), f"none of the {len(images)} images could be loaded")
+        return features
 
     def _batches(self, items: list[int], batch_size: int, progress: bool | None, unit: str) -> Iterator[list[int]]:
         if batch_size < 1:

@@ -73,6 +73,8 @@ class LongCLIPModel(DualEncoder):
         """
         if tokens.ndim != 2:
             raise ValueError(f"expected token ids of shape [batch, length], got {tuple(tokens.shape)}")
+        if tokens.shape[0] == 0:
+            return torch.empty(0, self.embed_dim, device=self.device, dtype=self.dtype)
         is_end = tokens == EOT_ID
         if not bool(is_end.any(dim=1).all()):
             row = int((~is_end.any(dim=1)).nonzero()[0])

@@ -93,6 +93,7 @@ class _Reporters:
         self.writers: list[Callable[[dict, int], None]] = []
         if not enabled:
             return
+        output.mkdir(parents=True, exist_ok=True)
         wanted = {name.strip() for name in config.report_to.split(",") if name.strip()}
         unknown = wanted - {"tensorboard", "wandb"}
         if unknown:
@@ -332,7 +333,7 @@ def train(config: TrainConfig) -> dict:
         A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, SVD failures)
         and the path of the final model.
     """
-    from ..data import CaptionCollator, PairDataset, read_pairs, split_holdout
+    from ..data import read_pairs, split_holdout
 
     context = setup_distributed(config.device)
     try:
@@ -346,34 +347,16 @@ def train(config: TrainConfig) -> dict:
             from ..checkpoints import check_pt_compatible
 
             check_pt_compatible(model.config)
-        collate = CaptionCollator(model.tokenizer)
         objective = LongCLIPObjective(config.pca_components, config.short_loss_weight, config.label_smoothing, context)
 
         validation = None
         if _is_webdataset(config.data):
-            batches, steps_per_epoch = _stream_batches(config, model, collate, context)
+            batches, steps_per_epoch = _stream_batches(config, model, context)
             bad_paths = None
         else:
             pairs = read_pairs(config.data, config.image_root)
             validation, pairs = split_holdout(pairs, config.val_rows) if config.val_rows else ([], pairs)
-            dataset = PairDataset(pairs, model.image_transform)
-            steps_per_epoch = len(pairs) // (config.batch_size * context.world_size)
-            if steps_per_epoch == 0:
-                raise TrainingError(
-                    f"{len(pairs)} training pairs do not fill one global batch of "
-                    f"{config.batch_size} x {context.world_size} ranks; lower --batch-size"
-                )
-
-            def batches(epoch: int, first_step: int) -> Iterator[dict]:
-                plan = epoch_batches(len(pairs), config.batch_size, context, config.seed, epoch)[first_step:]
-                loader = DataLoader(
-                    dataset, batch_sampler=plan, collate_fn=collate, num_workers=config.num_workers,
-                    pin_memory=context.device.type == "cuda",
-                )  # fmt: skip
-                for requested, batch in zip(plan, loader, strict=True):
-                    # Unreadable images come back as None and are dropped by the collator: note which they were.
-                    batch["bad_indices"] = sorted(set(requested) - set(batch["indices"].tolist()))
-                    yield batch
+            batches, steps_per_epoch = pair_batches(pairs, model, config, context)
 
             def bad_paths(indices: list[int]) -> list[str]:
                 return [pairs[i].image for i in indices]
@@ -390,13 +373,46 @@ def train(config: TrainConfig) -> dict:
         teardown_distributed()
 
 
+def pair_batches(
+    pairs: list, model: DualEncoder, config: TrainConfig, context: DistributedContext
+) -> tuple[Callable[[int, int], Iterator[dict]], int]:
+    """Batches of image / caption pairs for ``fit``, and the number of steps per epoch.
+
+    Raises:
+        TrainingError: The pairs do not fill one global batch.
+    """
+    from ..data import CaptionCollator, PairDataset
+
+    dataset, collate = PairDataset(pairs, model.image_transform), CaptionCollator(model.tokenizer)
+    steps_per_epoch = len(pairs) // (config.batch_size * context.world_size)
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"{len(pairs)} training pairs do not fill one global batch of "
+            f"{config.batch_size} x {context.world_size} ranks; lower --batch-size"
+        )
+
+    def batches(epoch: int, first_step: int) -> Iterator[dict]:
+        plan = epoch_batches(len(pairs), config.batch_size, context, config.seed, epoch)[first_step:]
+        loader = DataLoader(
+            dataset, batch_sampler=plan, collate_fn=collate, num_workers=config.num_workers,
+            pin_memory=context.device.type == "cuda",
+        )  # fmt: skip
+        for requested, batch in zip(plan, loader, strict=True):
+            # Unreadable images come back as None and are dropped by the collator: note which they were.
+            batch["bad_indices"] = sorted(set(requested) - set(batch["indices"].tolist()))
+            yield batch
+
+    return batches, steps_per_epoch
+
+
 def _is_webdataset(data: str) -> bool:
     return ".tar" in data or "{" in data
 
 
-def _stream_batches(config, model, collate, context):
-    from ..data import webdataset_pairs
+def _stream_batches(config, model, context):
+    from ..data import CaptionCollator, webdataset_pairs
 
+    collate = CaptionCollator(model.tokenizer)
     if not config.samples_per_epoch:
         raise ValueError("webdataset data needs --samples-per-epoch (a stream has no length to count epochs by)")
     steps_per_epoch = config.samples_per_epoch // (config.batch_size * context.world_size)

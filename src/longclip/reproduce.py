@@ -1,0 +1,251 @@
+"""``longclip reproduce``: Long-CLIP's experiment in miniature, offline, on a CPU.
+
+1. Generate the synthetic long-caption benchmark (``longclip.data.synthetic``): pre-training and fine-tuning
+   scenes, and a test set of "twin" scenes whose long captions agree on their first 77 tokens or more.
+2. Pre-train a small CLIP from scratch at 77 tokens on the short captions (one-sentence summaries), as CLIP's own
+   pre-training sees mostly short text. It is saved (``OUTPUT/clip77``) and reused by later runs.
+3. Fine-tune three variants on the long captions: linear stretching; knowledge-preserving stretching (KPS);
+   KPS plus primary component matching (Long-CLIP).
+4. Compare all four on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
+   against every distinct summary), zero-shot classification of the dominant colour, and the effective-length
+   curve. Results go to ``results.json``, ``results.md`` and ``effective_length*.png``.
+
+The numbers are whatever the run measures; a miniature trained for minutes need not show every effect of the
+paper, and the README reports what it does show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one reproduce run (``full`` fits 15 minutes on 2 CPU cores, ``quick`` about one)."""
+
+    pretrain_scenes: int
+    finetune_scenes: int
+    test_groups: int
+    group_size: int
+    image_size: int
+    width: int  # both towers; heads = width // 64 as in OpenAI CLIP
+    layers: int
+    patch: int
+    batch_size: int
+    pretrain_epochs: int
+    pretrain_lr: float
+    finetune_epochs: int
+    finetune_lr: float
+    probe_lengths: tuple[int, ...]
+
+
+SCALES = {
+    "full": Scale(
+        pretrain_scenes=4000, finetune_scenes=2000, test_groups=100, group_size=5, image_size=64, width=128,
+        layers=4, patch=8, batch_size=128, pretrain_epochs=10, pretrain_lr=5e-4, finetune_epochs=3,
+        finetune_lr=1e-4, probe_lengths=(5, 10, 15, 20, 30, 40, 50, 60, 77, 100, 125, 150, 175, 200, 248),
+    ),
+    "quick": Scale(
+        pretrain_scenes=192, finetune_scenes=96, test_groups=6, group_size=4, image_size=32, width=64, layers=2,
+        patch=8, batch_size=32, pretrain_epochs=2, pretrain_lr=5e-4, finetune_epochs=1, finetune_lr=1e-4,
+        probe_lengths=(10, 40, 77, 150, 248),
+    ),
+}  # fmt: skip
+
+# name, fine-tuning settings (None: the pre-trained 77-token CLIP itself)
+VARIANTS: tuple[tuple[str, str, dict | None], ...] = (
+    ("clip77", "CLIP, 77 tokens (pre-trained)", None),
+    ("linear", "linear stretch + fine-tune", {"stretch": "linear", "short_loss_weight": 0.0}),
+    ("kps", "KPS + fine-tune", {"stretch": "kps", "short_loss_weight": 0.0}),
+    ("longclip", "KPS + PCM (Long-CLIP)", {"stretch": "kps", "short_loss_weight": 1.0}),
+)
+# Prompts for the dominant colour, phrased like the summaries ("..., red being the most common colour.").
+ATTRIBUTE_TEMPLATES = ("a picture of shapes, {} being the most common colour.", "{} being the most common colour.")
+
+
+def small_clip_config(scale: Scale, context: int = 77):
+    """The from-scratch CLIP of the miniature: OpenAI's layout shrunk (quick-GELU, 64-wide heads)."""
+    from transformers import CLIPConfig
+
+    from .tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE
+
+    tower = dict(
+        hidden_size=scale.width, intermediate_size=4 * scale.width, num_hidden_layers=scale.layers,
+        num_attention_heads=max(1, scale.width // 64), hidden_act="quick_gelu",
+    )  # fmt: skip
+    ids = dict(vocab_size=VOCAB_SIZE, bos_token_id=SOT_ID, eos_token_id=EOT_ID)
+    text = dict(tower, max_position_embeddings=context, **ids)
+    vision = dict(tower, image_size=scale.image_size, patch_size=scale.patch)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=scale.width)
+
+
+def prepare_data(directory: Path, scale: Scale, seed: int) -> dict[str, Path]:
+    """Write the benchmark unless the same one (same sizes and seed) is already there."""
+    from .data.synthetic import write_benchmark
+
+    settings = dict(
+        seed=seed, pretrain=scale.pretrain_scenes, finetune=scale.finetune_scenes, test_groups=scale.test_groups,
+        group_size=scale.group_size, image_size=scale.image_size,
+    )  # fmt: skip
+    stamp = directory / "reproduce-data.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        logger.info("reusing the benchmark in %s", directory)
+        names = {"pretrain": "pretrain.csv", "finetune": "finetune.csv", "test": "test.csv"}
+        names.update(attributes="test_attributes.json", meta="benchmark.json")
+        return {key: directory / name for key, name in names.items()}
+    paths = write_benchmark(directory, **settings)
+    stamp.write_text(json.dumps(settings))
+    return paths
+
+
+def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, device: str | None) -> Path:
+    """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings."""
+    from transformers import CLIPModel
+
+    from .data import CaptionedImage, read_pairs
+    from .models import LongCLIPModel
+    from .train import LongCLIPObjective, TrainConfig, fit
+    from .train.distributed import setup_distributed
+    from .train.trainer import pair_batches
+
+    settings = {"scale": asdict(scale), "seed": seed}
+    stamp = directory / "reproduce.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings)):
+        logger.info("reusing the pre-trained CLIP in %s", directory)
+        return directory
+
+    torch.manual_seed(seed)
+    model = LongCLIPModel(CLIPModel(small_clip_config(scale)))
+    context = setup_distributed(device)
+    model.to(context.device)
+    config = TrainConfig(
+        model="(from scratch)", data=str(data["pretrain"]), output=str(directory.parent / "pretrain-run"),
+        epochs=scale.pretrain_epochs, batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1,
+        warmup_steps=20, label_smoothing=0.0, short_loss_weight=0.0, num_workers=0, seed=seed, save_every=10**9,
+        keep_checkpoints=1, device=device,
+    )  # fmt: skip
+    # Pre-training text is the short caption: CLIP's own pre-training sees mostly short alt-text.
+    pairs = [CaptionedImage(p.image, p.short_caption, p.short_caption) for p in read_pairs(data["pretrain"])]
+    batches, steps_per_epoch = pair_batches(pairs, model, config, context)
+    objective = LongCLIPObjective(short_loss_weight=0.0, label_smoothing=0.0)  # plain CLIP loss
+    fit(model, objective, batches, steps_per_epoch, config, context)
+    model.save_pretrained(directory)
+    stamp.write_text(json.dumps(settings))
+    return directory
+
+
+def finetune(source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, **variant) -> Path:
+    """Fine-tune one variant from the pre-trained CLIP with ``longclip train``'s recipe; returns the model path."""
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
+        batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10, num_workers=0, seed=seed,
+        save_every=10**9, keep_checkpoints=1, device=device, **variant,
+    )  # fmt: skip
+    return Path(train(config)["model"])
+
+
+def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The comparison metrics of one model on the test split, and its effective-length curve."""
+    from .data import read_pairs
+    from .data.synthetic import COLOURS
+    from .eval.effective_length import effective_length_curve
+    from .eval.metrics import retrieval_metrics
+    from .eval.zeroshot import build_classifier, classification_metrics
+
+    test = read_pairs(data["test"])
+    attributes = json.loads(Path(data["attributes"]).read_text())
+    images = [p.image for p in test]
+    index = torch.arange(len(test))
+    image_features = model.embed_images(images, progress=False)
+    long_features = model.embed_texts([p.caption for p in test], progress=False)
+    long = retrieval_metrics(image_features, long_features, index, ks=(1,))
+    # Summaries are shared by many scenes, so exact-match retrieval cannot score them: each image is instead asked
+    # to pick its own summary among all distinct ones.
+    summaries = sorted({p.short_caption for p in test})
+    summary_of = torch.tensor([summaries.index(p.short_caption) for p in test])
+    summary_features = model.embed_texts(summaries, progress=False)
+    short = classification_metrics(image_features @ summary_features.T, summary_of, ks=(1,))
+    colours = list(COLOURS)
+    classifier = build_classifier(model, colours, ATTRIBUTE_TEMPLATES)
+    dominant = torch.tensor([colours.index(a["dominant_colour"]) for a in _rows(attributes)])
+    attribute = classification_metrics(image_features @ classifier.T, dominant, ks=(1,))
+    metrics = {
+        "long_text_to_image_r1": long["image_retrieval_recall@1"],
+        "long_image_to_text_r1": long["text_retrieval_recall@1"],
+        "short_image_to_summary_r1": short["acc1"],
+        "dominant_colour_acc": attribute["acc1"],
+    }
+    curve = effective_length_curve(model, images, [p.caption for p in test], index, lengths=scale.probe_lengths)
+    return metrics, curve
+
+
+def _rows(attributes) -> list[dict]:
+    return attributes["rows"] if isinstance(attributes, dict) else attributes
+
+
+def reproduce(
+    output: str | os.PathLike = "runs/reproduce", quick: bool = False, seed: int = 0, device: str | None = None
+) -> list[dict]:
+    """Run the whole miniature and write ``results.json``, ``results.md`` and the effective-length plots.
+
+    Returns:
+        One result row per model: name, description and the metrics of ``evaluate``.
+    """
+    from .api import load
+    from .eval.effective_length import plot_effective_length
+
+    scale = SCALES["quick" if quick else "full"]
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data = prepare_data(output / "data", scale, seed)
+    clip77 = pretrain(output / "clip77", data, scale, seed, device)
+
+    rows, curves = [], {}
+    for name, description, variant in VARIANTS:
+        path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, **variant)
+        model, _ = load(path, device=device or "cpu", dtype="float32")
+        metrics, curve = evaluate(model, data, scale)
+        rows.append({"model": name, "description": description, "path": str(path), **metrics})
+        curves[description] = curve
+        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
+        logger.info("%s: %s", description, metrics)
+    plot_effective_length(curves, output / "effective_length.png", title="effective length (synthetic test set)")
+
+    meta = json.loads(Path(data["meta"]).read_text())
+    summary = {
+        "scale": "quick" if quick else "full",
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "test_scenes": scale.test_groups * scale.group_size,
+        "benchmark": meta,
+        "results": rows,
+        "effective_length": curves,
+    }
+    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    (output / "results.md").write_text(results_markdown(rows, scale))
+    return rows
+
+
+def results_markdown(rows: list[dict], scale: Scale) -> str:
+    """The comparison table, percentages with one decimal, with chance levels under it."""
+    header = (
+        "| model | long T→I R@1 | long I→T R@1 | short I→summary R@1 | dominant colour acc |\n"
+        "|---|---:|---:|---:|---:|\n"
+    )
+    keys = ("long_text_to_image_r1", "long_image_to_text_r1", "short_image_to_summary_r1", "dominant_colour_acc")
+    lines = [f"| {r['description']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in keys) + " |" for r in rows]
+    scenes = scale.test_groups * scale.group_size
+    chance = f"\nChance: long R@1 {100 / scenes:.1f} ({scenes} test scenes in twin groups of {scale.group_size}).\n"
+    return header + "\n".join(lines) + "\n" + chance

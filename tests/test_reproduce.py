@@ -1,0 +1,51 @@
+"""`longclip reproduce --quick`: the whole offline pipeline, end to end."""
+
+import json
+
+import pytest
+
+import longclip
+from longclip.cli import main
+from longclip.reproduce import SCALES, VARIANTS, prepare_data, pretrain
+
+METRICS = ("long_text_to_image_r1", "long_image_to_text_r1", "short_image_to_summary_r1", "dominant_colour_acc")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("reproduce")
+    assert main(["-q", "reproduce", "--quick", "--output", str(output)]) == 0
+    return output
+
+
+def test_results_cover_every_variant(run):
+    results = json.loads((run / "results.json").read_text())
+    assert [row["model"] for row in results["results"]] == [name for name, _, _ in VARIANTS]
+    for row in results["results"]:
+        assert all(0.0 <= row[key] <= 1.0 for key in METRICS)
+    scenes = SCALES["quick"].test_groups * SCALES["quick"].group_size
+    assert results["test_scenes"] == scenes
+    curve = results["effective_length"]["KPS + PCM (Long-CLIP)"]
+    assert [p["k"] for p in curve] == list(SCALES["quick"].probe_lengths)
+    table = (run / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == len(VARIANTS) + 1 and f"{scenes} test scenes" in table  # header + one row per model
+    for name, _, _ in VARIANTS:
+        assert (run / f"effective_length_{name}.png").stat().st_size > 10_000
+
+
+def test_saved_models_load_with_their_contexts(run):
+    clip77, _ = longclip.load(run / "clip77")
+    assert clip77.context_length == 77
+    tuned, _ = longclip.load(run / "longclip" / "model")
+    assert tuned.context_length == 248 and tuned.config.longclip_keep_rows == 20
+    linear, _ = longclip.load(run / "linear" / "model")
+    assert linear.config.longclip_keep_rows == 0
+
+
+def test_a_second_run_reuses_the_data_and_the_pretrained_clip(run):
+    weights = run / "clip77" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    data = prepare_data(run / "data", SCALES["quick"], seed=0)
+    assert pretrain(run / "clip77", data, SCALES["quick"], seed=0, device="cpu") == run / "clip77"
+    assert weights.stat().st_mtime_ns == before
