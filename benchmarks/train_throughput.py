@@ -68,7 +68,7 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             model="(random ViT-B/16)", data="(synthetic)", output=out, batch_size=batch_size, precision=precision,
-            log_every=1, save_every=10**9, warmup_steps=1, device=device,
+            log_every=1, save_every=10**9, warmup_steps=1, device=device, max_steps=steps,
         )  # fmt: skip
         context = DistributedContext(device=torch.device(device))
         if device == "cuda":

@@ -49,6 +49,7 @@ def test_released_longclip_pt_matches_the_original_forward(tmp_path):
     assert model.context_length == 248
     assert model.config.longclip_keep_rows == 20
     assert preprocess.image_size == 32
+    assert model.clip.config._attn_implementation == "sdpa"  # torch's scaled_dot_product_attention
     _assert_same_features(model, reference)
     assert load_clip(tmp_path / "longclip-B.pt").format == "longclip-pt"
 

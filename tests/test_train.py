@@ -130,6 +130,16 @@ def test_training_lowers_the_loss_and_keeps_the_kept_rows(dataset, tmp_path):
     assert {"val/long/image_retrieval_recall@1"}.isdisjoint(_metrics(tmp_path / "run")[0])  # no val rows asked for
 
 
+def test_validation_reports_long_and_short_retrieval_each_epoch(dataset, tmp_path):
+    summary = train(_config(dataset, tmp_path / "run", val_rows=4, batch_size=4, epochs=2))
+    assert summary["step"] == 6  # 12 training pairs after holding out 4: 3 steps per epoch
+    validations = [row for row in _metrics(tmp_path / "run") if "val/long/image_retrieval_recall@1" in row]
+    assert [row["step"] for row in validations] == [3, 6]
+    for row in validations:
+        keys = [f"val/{kind}/{d}_retrieval_recall@1" for kind in ("long", "short") for d in ("image", "text")]
+        assert all(0.0 <= row[key] <= 1.0 for key in keys)
+
+
 def test_an_impossible_pt_export_fails_before_training(dataset, tmp_path):
     with pytest.raises(ValueError, match="cannot record attention heads"):
         train(_config(dataset, tmp_path / "run", save_pt=True))
@@ -332,3 +342,17 @@ def test_cli_train_writes_a_model_longclip_loads(dataset, tmp_path, capsys):
     assert model.context_length == 248
     assert main(["train", "--model", "x", "--data", "y", "--output", str(tmp_path / "bad"), "--batch-size", "0"]) == 1
     assert "batch_size must be at least 1" in capsys.readouterr().err
+
+
+def test_optional_reporters_receive_the_metrics(dataset, tmp_path, monkeypatch):
+    import types
+
+    logged = []
+    fake_wandb = types.ModuleType("wandb")
+    fake_wandb.init = lambda **kwargs: types.SimpleNamespace(log=lambda row, step: logged.append((step, row)))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    train(_config(dataset, tmp_path / "run", epochs=1, report_to="wandb"))
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    assert all("loss" in row and "lr" in row for _, row in logged)
+    with pytest.raises(ValueError, match="report_to: unknown"):
+        train(_config(dataset, tmp_path / "other", epochs=1, report_to="mlflow"))
