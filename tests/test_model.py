@@ -184,3 +184,12 @@ def test_empty_inputs_keep_the_feature_width(model):
 def test_chunking_needs_normalized_features(model):
     with pytest.raises(ValueError, match="needs normalize=True"):
         model.embed_texts([OVERLONG], long_texts="chunk", normalize=False)
+
+
+def test_directory_without_preprocessor_config_gets_openai_preprocessing(model, tmp_path, photos):
+    model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").unlink()
+    loaded, preprocess = longclip.load(tmp_path)
+    assert preprocess.image_size == 32
+    assert torch.equal(preprocess(photos["coffee"]), model.preprocess(photos["coffee"]))
+    assert LongCLIPProcessor.from_pretrained(tmp_path).image_transform.image_size == 32

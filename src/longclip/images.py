@@ -345,6 +345,20 @@ class ImageTransform:
         self._image_size = _square_output_size(image_processor)
 
     @classmethod
+    def from_directory(cls, directory: str | os.PathLike, image_size: int) -> ImageTransform:
+        """The preprocessing saved in a model directory (``preprocessor_config.json``), else ``for_size(image_size)``.
+
+        Args:
+            directory: A transformers model directory.
+            image_size: The image tower's resolution, used when the directory holds no preprocessor config.
+        """
+        if not os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
+            return cls.for_size(image_size)
+        from transformers import CLIPImageProcessorPil
+
+        return cls(CLIPImageProcessorPil.from_pretrained(directory))
+
+    @classmethod
     def for_size(cls, image_size: int) -> ImageTransform:
         """Build the transform with OpenAI CLIP's preprocessing at a given resolution.
 

@@ -11,7 +11,7 @@ import torch
 from .checkpoints import config_from_openai, read_state_dict
 from .checkpoints.hub import resolve
 from .images import ImageTransform
-from .tokenizer import LongCLIPTokenizer
+from .tokenizer import LongCLIPTokenizer, get_tokenizer
 
 
 class LongCLIPProcessor:
@@ -52,20 +52,17 @@ class LongCLIPProcessor:
         """The processor of any checkpoint ``longclip.load`` accepts, without loading the model's weights."""
         path = resolve(name_or_path, revision)
         if path.is_dir() and (path / "config.json").is_file():
-            from transformers import CLIPConfig, CLIPImageProcessorPil
+            from transformers import CLIPConfig
 
             config = CLIPConfig.from_pretrained(path)
-            if (path / "preprocessor_config.json").is_file():
-                transform = ImageTransform(CLIPImageProcessorPil.from_pretrained(path))
-            else:
-                transform = ImageTransform.for_size(config.vision_config.image_size)
+            transform = ImageTransform.from_directory(path, config.vision_config.image_size)
         else:
             from .checkpoints import _single_weight_file
 
             file = _single_weight_file(path) if path.is_dir() else path
             config = config_from_openai(read_state_dict(file))
             transform = ImageTransform.for_size(config.vision_config.image_size)
-        return cls(LongCLIPTokenizer(config.text_config.max_position_embeddings), transform)
+        return cls(get_tokenizer(config.text_config.max_position_embeddings), transform)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write transformers tokenizer and image-processor files."""

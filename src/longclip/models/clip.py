@@ -23,7 +23,7 @@ from ..checkpoints import LoadedCheckpoint, load_clip
 from ..images import ImageTransform
 from ..positions import LONGCLIP_KEEP_ROWS, LONGCLIP_STRETCH_RATIO, stretch_positional_embedding
 from ..processing import LongCLIPProcessor
-from ..tokenizer import EOT_ID, VOCAB_SIZE, LongCLIPTokenizer
+from ..tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
 from .base import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class LongCLIPModel(DualEncoder):
         if vocab != VOCAB_SIZE:
             raise ValueError(f"this CLIP has a {vocab}-token vocabulary; longclip's tokenizer is CLIP's {VOCAB_SIZE}")
         self.clip = clip
-        self.tokenizer = LongCLIPTokenizer(clip.config.text_config.max_position_embeddings)
+        self.tokenizer = get_tokenizer(clip.config.text_config.max_position_embeddings)
         self.image_transform = image_transform or ImageTransform.for_size(clip.config.vision_config.image_size)
 
     @property
@@ -96,11 +96,11 @@ class LongCLIPModel(DualEncoder):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: LoadedCheckpoint) -> LongCLIPModel:
+        """Wrap a loaded checkpoint, with the preprocessing saved beside it when there is one."""
         transform = None
-        if checkpoint.directory is not None and (checkpoint.directory / "preprocessor_config.json").is_file():
-            from transformers import CLIPImageProcessorPil
-
-            transform = ImageTransform(CLIPImageProcessorPil.from_pretrained(checkpoint.directory))
+        if checkpoint.directory is not None:
+            size = checkpoint.model.config.vision_config.image_size
+            transform = ImageTransform.from_directory(checkpoint.directory, size)
         return cls(checkpoint.model, transform)
 
     @classmethod
