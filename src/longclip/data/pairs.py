@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from longclip.data.captions import first_sentence
 from longclip.images import ImageLoadError
-from longclip.tokenizer import EOT_ID, LongCLIPTokenizer
+from longclip.tokenizer import LongCLIPTokenizer, pad_token_ids
 
 __all__ = [
     "CaptionCollator",
@@ -278,11 +278,11 @@ class CaptionCollator:
 
     The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids": LongTensor[B, L1], "short_ids":
     LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}``, where ``B`` is the number of good items and
-    ``num_bad`` the number of ``None`` items dropped. Captions are tokenized at the tokenizer's context length with
-    truncation (the end token kept last), then each id tensor is cut after the batch's last end token, so a batch of
-    short captions is not padded to 248 columns; the causal text tower pools the end token, so the dropped padding
-    changes nothing. When every item is ``None``, ``pixels`` is ``torch.empty(0)`` (the image size is unknown), the
-    id tensors have shape ``[0, 0]``, ``indices`` shape ``[0]`` and ``num_bad`` is ``len(items)``.
+    ``num_bad`` the number of ``None`` items dropped. Captions longer than the tokenizer's context are truncated (the
+    end token kept last), and each id tensor is only as wide as the batch's longest caption, so a batch of short
+    captions is not padded to 248 columns; the causal text tower pools the end token, so padding changes nothing.
+    When every item is ``None``, ``pixels`` is ``torch.empty(0)`` (the image size is unknown), the id tensors have
+    shape ``[0, 0]``, ``indices`` shape ``[0]`` and ``num_bad`` is ``len(items)``.
     """
 
     def __init__(self, tokenizer: LongCLIPTokenizer) -> None:
@@ -315,10 +315,8 @@ class CaptionCollator:
         }
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, truncate=True)
-        positions = torch.arange(ids.shape[1]).expand_as(ids)
-        # The last end token of each row; every row has one, as the tokenizer always appends it (and keeps it on
-        # truncation), so the widest row decides how many columns the batch needs.
-        last_end = torch.where(ids == EOT_ID, positions, -1).amax(dim=1)
-        width = int(last_end.max()) + 1
-        return ids[:, :width].contiguous()
+        # Only as wide as the batch's longest caption (capped at the context, end token kept last): the causal text
+        # tower pools the end token, so padding past it would change nothing but cost memory and transfer.
+        ids = self.tokenizer.encode(texts)
+        width = min(max(len(row) for row in ids), self.tokenizer.context_length)
+        return pad_token_ids(ids, width, truncate=True)

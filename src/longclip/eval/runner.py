@@ -146,8 +146,28 @@ def evaluate_dataset(
 def _retrieve(
     model: DualEncoder, dataset: RetrievalSet, batch_size: int, long_texts: LongTextMode, ks: Sequence[int]
 ) -> dict[str, Any]:
-    """Embed, drop unreadable images with their texts, score: the one retrieval path."""
+    """Embed the images (unreadable ones become NaN rows), then score: the one retrieval path."""
     image_features = model.embed_images(dataset.images, batch_size=batch_size, normalize=True, skip_errors=True)
+    return score_retrieval(model, dataset, image_features, batch_size=batch_size, long_texts=long_texts, ks=ks)
+
+
+def score_retrieval(
+    model: DualEncoder,
+    dataset: RetrievalSet,
+    image_features: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    long_texts: LongTextMode = "truncate",
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
+    """Retrieval metrics of ``dataset`` given its images' features (NaN rows: unreadable images).
+
+    Unreadable images are dropped together with their texts, the rest re-indexed; texts are embedded here. Lets a
+    caller that scores several caption sets against the same images (e.g. long and short captions) embed them once.
+
+    Returns:
+        ``num_images``, ``num_texts``, ``num_skipped`` and :func:`retrieval_metrics`'s recalls.
+    """
     kept = ~torch.isnan(image_features).any(dim=1)
     num_skipped = int((~kept).sum())
     if not bool(kept.any()):

@@ -437,17 +437,23 @@ def _stream_batches(config, model, context):
 
 
 def _validator(pairs, config: TrainConfig) -> Callable[[DualEncoder], dict[str, float]]:
-    from ..eval.metrics import retrieval_metrics
+    from ..eval.datasets import RetrievalSet
+    from ..eval.runner import score_retrieval
+
+    images = [p.image for p in pairs]
+    caption_sets = {
+        kind: RetrievalSet(
+            f"validation-{kind}", f"first {len(pairs)} rows, {kind} captions", images, texts, list(range(len(pairs)))
+        )  # fmt: skip
+        for kind, texts in (("long", [p.caption for p in pairs]), ("short", [p.short_caption for p in pairs]))
+    }
 
     def validate(model: DualEncoder) -> dict[str, float]:
-        images = model.embed_images([p.image for p in pairs], skip_errors=True)
-        kept = ~torch.isnan(images).any(dim=1)
+        features = model.embed_images(images, skip_errors=True)  # once, for both caption sets
         results = {}
-        for name, texts in (("long", [p.caption for p in pairs]), ("short", [p.short_caption for p in pairs])):
-            texts_kept = [t for t, k in zip(texts, kept.tolist(), strict=True) if k]
-            features = model.embed_texts(texts_kept)
-            metrics = retrieval_metrics(images[kept], features, torch.arange(len(texts_kept)), ks=(1,))
-            results.update({f"{name}/{k}": v for k, v in metrics.items()})
+        for kind, dataset in caption_sets.items():
+            scores = score_retrieval(model, dataset, features, ks=(1,))
+            results.update({f"{kind}/{k}": v for k, v in scores.items() if "recall" in k})
         return results
 
     return validate
