@@ -97,13 +97,13 @@ def prepare_data(directory: Path, scale: Scale, seed: int) -> dict[str, Path]:
         group_size=scale.group_size, image_size=scale.image_size,
     )  # fmt: skip
     stamp = directory / "reproduce-data.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        logger.info("reusing the benchmark in %s", directory)
-        names = {"pretrain": "pretrain.csv", "finetune": "finetune.csv", "test": "test.csv"}
-        names.update(attributes="test_attributes.json", meta="benchmark.json")
-        return {key: directory / name for key, name in names.items()}
+    if stamp.is_file():
+        written = json.loads(stamp.read_text())
+        if isinstance(written, dict) and written.get("settings") == settings:
+            logger.info("reusing the benchmark in %s", directory)
+            return {key: Path(path) for key, path in written["paths"].items()}
     paths = write_benchmark(directory, **settings)
-    stamp.write_text(json.dumps(settings))
+    stamp.write_text(json.dumps({"settings": settings, "paths": {key: str(path) for key, path in paths.items()}}))
     return paths
 
 
@@ -178,7 +178,7 @@ def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, floa
     short = classification_metrics(image_features @ summary_features.T, summary_of, ks=(1,))
     colours = list(COLOURS)
     classifier = build_classifier(model, colours, ATTRIBUTE_TEMPLATES)
-    dominant = torch.tensor([colours.index(a["dominant_colour"]) for a in _rows(attributes)])
+    dominant = torch.tensor([colours.index(a["dominant_colour"]) for a in attributes])
     attribute = classification_metrics(image_features @ classifier.T, dominant, ks=(1,))
     metrics = {
         "long_text_to_image_r1": long["image_retrieval_recall@1"],
@@ -188,10 +188,6 @@ def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, floa
     }
     curve = effective_length_curve(model, images, [p.caption for p in test], index, lengths=scale.probe_lengths)
     return metrics, curve
-
-
-def _rows(attributes) -> list[dict]:
-    return attributes["rows"] if isinstance(attributes, dict) else attributes
 
 
 def reproduce(
