@@ -272,3 +272,12 @@ def test_plain_clip_is_written_in_openai_layout(tmp_path):
     written = torch.load(tmp_path / "again.pt", weights_only=True)
     assert detect_format(written) == "openai"
     ReferenceCLIP(context=77).load_state_dict(written, strict=True)
+
+
+def test_stored_dtypes_are_reported_while_the_model_is_float32(tmp_path):
+    torch.save({k: v.half() for k, v in _reference(long=True).state_dict().items()}, tmp_path / "half.pt")
+    loaded = load_clip(tmp_path / "half.pt")
+    assert loaded.stored_dtypes == ("float16",) and loaded.model.dtype == torch.float32
+    LongCLIPModel(tiny_clip().to(torch.bfloat16)).save_pretrained(tmp_path / "bf16")
+    loaded = load_clip(tmp_path / "bf16")
+    assert loaded.stored_dtypes == ("bfloat16",) and loaded.model.dtype == torch.float32

@@ -725,7 +725,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "embed_dim": config.projection_dim,
         "keep_rows": checkpoint.keep_rows,
         "parameters": counts,
-        "stored_dtype": _stored_dtype(checkpoint),
+        "stored_dtype": ", ".join(checkpoint.stored_dtypes) or None,
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -780,31 +780,6 @@ def _count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
-
-
-def _stored_dtype(checkpoint: Any) -> str | None:
-    """The dtype(s) of the floating-point weights as stored on disk (``load_clip`` always gives float32)."""
-    names: set[str] = set()
-    if checkpoint.format == "hf":
-        files = sorted(checkpoint.path.glob("*.safetensors"))
-        if not files:
-            return None
-        from safetensors import safe_open
-
-        safetensors_names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-        for file in files:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    code = f.get_slice(key).get_dtype()
-                    if code.startswith(("F", "BF")):
-                        names.add(safetensors_names.get(code, code.lower()))
-    else:
-        from .checkpoints import read_state_dict
-
-        for tensor in read_state_dict(checkpoint.path).values():
-            if tensor.is_floating_point():
-                names.add(str(tensor.dtype).removeprefix("torch."))
-    return ", ".join(sorted(names)) or None
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------

@@ -49,12 +49,15 @@ class LoadedCheckpoint:
             archive) or ``"hf"`` (transformers directory).
         path: The file or directory read.
         directory: The directory whose tokenizer / preprocessor configs apply, for ``"hf"`` checkpoints.
+        stored_dtypes: The dtypes of the floating-point weights as stored on disk (``model`` is always float32);
+            empty where the files do not say (a transformers directory without safetensors).
     """
 
     model: CLIPModel
     format: str
     path: Path
     directory: Path | None = None
+    stored_dtypes: tuple[str, ...] = ()
 
     @property
     def keep_rows(self) -> int | None:
@@ -76,19 +79,44 @@ def load_clip(name_or_path: str | os.PathLike, revision: str | None = None) -> L
     path = resolve(name_or_path, revision)
     if path.is_dir():
         if (path / "config.json").is_file():
-            return LoadedCheckpoint(_load_hf_directory(path), "hf", path, directory=path)
+            return _hf_checkpoint(path)
         path = _single_weight_file(path)
     state_dict = read_state_dict(path)
     layout = detect_format(state_dict)
     if layout == "hf":
         if (path.parent / "config.json").is_file():
-            return LoadedCheckpoint(_load_hf_directory(path.parent), "hf", path.parent, directory=path.parent)
+            return _hf_checkpoint(path.parent)
         raise CheckpointError(f"{path} holds transformers-layout weights without a config.json beside it")
+    stored = _dtype_names(str(t.dtype).removeprefix("torch.") for t in state_dict.values() if t.is_floating_point())
     try:
         config, hf_state_dict = openai_to_hf(state_dict)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    return LoadedCheckpoint(_build(config, hf_state_dict, path), layout, path)
+    return LoadedCheckpoint(_build(config, hf_state_dict, path), layout, path, stored_dtypes=stored)
+
+
+def _hf_checkpoint(folder: Path) -> LoadedCheckpoint:
+    return LoadedCheckpoint(
+        _load_hf_directory(folder), "hf", folder, directory=folder, stored_dtypes=_safetensors_dtypes(folder)
+    )
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _safetensors_dtypes(folder: Path) -> tuple[str, ...]:
+    """Floating-point dtypes in the safetensors headers of a directory (headers only: no tensor is read)."""
+    from safetensors import safe_open
+
+    codes = []
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            codes.extend(f.get_slice(key).get_dtype() for key in f.keys())
+    return _dtype_names(_SAFETENSORS_DTYPES.get(c, c.lower()) for c in codes if c.startswith(("F", "BF")))
+
+
+def _dtype_names(names) -> tuple[str, ...]:
+    return tuple(sorted(set(names)))
 
 
 def _single_weight_file(folder: Path) -> Path:
