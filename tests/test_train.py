@@ -356,3 +356,29 @@ def test_optional_reporters_receive_the_metrics(dataset, tmp_path, monkeypatch):
     assert all("loss" in row and "lr" in row for _, row in logged)
     with pytest.raises(ValueError, match="report_to: unknown"):
         train(_config(dataset, tmp_path / "other", epochs=1, report_to="mlflow"))
+
+
+def test_two_process_run_lists_every_ranks_unreadable_images(dataset, tmp_path):
+    table = (dataset / "pairs.csv").read_text().splitlines()
+    bad_rows = [2, 7, 11, 14]  # data rows (1-based after the header) pointing at files that do not exist
+    for row in bad_rows:
+        table[row] = f"missing-{row}.png," + table[row].split(",", 1)[1]
+    (tmp_path / "bad.csv").write_text("\n".join(table) + "\n")
+    plans = [epoch_batches(16, 4, DistributedContext(rank=r, world_size=2), seed=0, epoch=0) for r in (0, 1)]
+    rank_one_items = {i for batch in plans[1] for i in batch}
+    assert any(row - 1 in rank_one_items for row in bad_rows)  # the test means something only if rank 1 has some
+
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "longclip.cli", "-q", "train",
+        "--model", str(dataset / "clip77"), "--data", str(tmp_path / "bad.csv"), "--image-root", str(dataset),
+        "--output", str(output), "--batch-size", "4", "--epochs", "1", "--num-workers", "0",
+        "--max-bad-fraction", "0.5", "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = sorted(os.path.basename(p) for p in (output / "bad_images.txt").read_text().split())
+    assert listed == sorted(f"missing-{row}.png" for row in bad_rows)

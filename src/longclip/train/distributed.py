@@ -45,6 +45,14 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item() == 1.0)
 
+    def gather_lists(self, items: list) -> list:
+        """Every rank's ``items`` concatenated in rank order (small Python lists only: they are pickled)."""
+        if not self.enabled:
+            return list(items)
+        parts: list[list] = [[] for _ in range(self.world_size)]
+        dist.all_gather_object(parts, list(items))
+        return [item for part in parts for item in part]
+
     def sum(self, value: float) -> float:
         if not self.enabled:
             return value

@@ -284,8 +284,9 @@ def _count_batch(progress: dict, batch: dict, loss_out: LossOutput, objective, c
     progress["seen_images"] += int(context.sum(batch["pixels"].shape[0])) + int(bad)
     progress["skipped_steps"] += int(loss_out.parts.get("skipped", 0))
     progress["svd_failures"] = getattr(objective, "svd_failures", 0)
-    if context.is_main and len(progress["bad"]) < 1000:
-        progress["bad"].extend(int(i) for i in batch.get("bad_indices", []))
+    if bad:  # the sum is the same on every rank, so all of them take part in the gather
+        indices = context.gather_lists([int(i) for i in batch.get("bad_indices", [])])
+        progress["bad"].extend(indices[: max(0, 1000 - len(progress["bad"]))])
 
 
 def _check_bad_images(progress: dict, config: TrainConfig) -> None:
