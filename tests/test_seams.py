@@ -310,7 +310,7 @@ def test_a_registered_layout_converts_a_foreign_file(toy, tmp_path):
 
 
 def test_keep_positions_is_saved_in_config_json_and_old_directories_still_read(tmp_path):
-    model = LongCLIPModel(stretch_clip(tiny_clip(context=77), keep=12))
+    model = LongCLIPModel(stretch_clip(tiny_clip(context=77), keep_positions=12))
     model.save_pretrained(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / "config.json").read_text())
     assert saved["keep_positions"] == 12 and saved["model_type"] == "clip" and "longclip_keep_rows" not in saved

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from ..images import ImageTransform
-from ..positions import LONGCLIP_KEEP_ROWS, LONGCLIP_STRETCH_RATIO, keep_positions_of, stretch_positional_embedding
+from ..positions import keep_positions_of, stretch_clip
 from ..processing import LongCLIPProcessor
 from ..tokenizer import EOT_ID, VOCAB_SIZE, LongCLIPTokenizer, get_tokenizer
 from .base import DTypeName, DualEncoder, check_state_dict, quiet_transformers_progress
@@ -210,22 +209,3 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     with quiet_transformers_progress():
         model = CLIPModel.from_pretrained(None, config=config, state_dict=state_dict, attn_implementation="sdpa")
     return model.float().eval()
-
-
-def stretch_clip(
-    clip: CLIPModel, keep: int = LONGCLIP_KEEP_ROWS, ratio: int = LONGCLIP_STRETCH_RATIO, mode: str = "kps"
-) -> CLIPModel:
-    """Stretch a CLIP's text position table in place (77 -> 248 rows with the defaults) and return it.
-
-    Records ``keep`` as ``config.keep_positions`` (fine-tuning freezes those rows) for ``mode="kps"``, 0 otherwise.
-    """
-    embeddings = clip.text_model.embeddings
-    old = embeddings.position_embedding.weight.data
-    table = stretch_positional_embedding(old, keep=keep, ratio=ratio, mode=mode)
-    embeddings.position_embedding = nn.Embedding.from_pretrained(table, freeze=False)
-    position_ids = torch.arange(table.shape[0], device=old.device).expand(1, -1)
-    embeddings.register_buffer("position_ids", position_ids, persistent=False)
-    clip.config.text_config.max_position_embeddings = table.shape[0]
-    clip.config.keep_positions = keep if mode == "kps" else 0
-    logger.info("stretched the text position table from %d to %d rows (%s)", old.shape[0], table.shape[0], mode)
-    return clip
