@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 import longclip
 from longclip import LongCLIPModel, LongCLIPProcessor
@@ -318,7 +318,29 @@ def test_keep_positions_is_saved_in_config_json_and_old_directories_still_read(t
 
     saved["longclip_keep_rows"] = saved.pop("keep_positions")  # a directory written before the field was declared
     (tmp_path / "new" / "config.json").write_text(json.dumps(saved))
-    assert longclip.load(tmp_path / "new")[0].keep_positions == 12
+    loaded, _ = longclip.load(tmp_path / "new")
+    assert loaded.keep_positions == 12
+
+    loaded.save_pretrained(tmp_path / "again")  # built from LongCLIPConfig: still a plain transformers CLIP
+    plain = CLIPModel.from_pretrained(tmp_path / "again").eval()
+    assert type(plain.config) is CLIPConfig and plain.config.keep_positions == 12
+    tokens = longclip.tokenize(SHORT)
+    with torch.no_grad():
+        expected = model.clip.get_text_features(input_ids=tokens).pooler_output
+        torch.testing.assert_close(plain.get_text_features(input_ids=tokens).pooler_output, expected)
+
+
+def test_transformers_directory_shapes_are_checked_against_its_config(tmp_path):
+    LongCLIPModel(tiny_clip()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["text_projection.weight"] = torch.zeros(16, 31)
+    weights["extra.bias"] = torch.zeros(2)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected keys: extra\.bias; tensor text_projection\.weight has shape \(16, 31\), expected \(16, 32",
+    ):
+        longclip.load(tmp_path)
 
 
 def test_loading_does_not_draw_transformers_progress_bars(tmp_path, capfd):
@@ -333,3 +355,16 @@ def test_loading_does_not_draw_transformers_progress_bars(tmp_path, capfd):
     assert hf_logging.is_progress_bar_enabled()  # restored for everyone else's loads
     CLIPModel.from_pretrained(tmp_path)  # control: outside our loads transformers still draws it, and we see it
     assert "Loading weights" in "".join(capfd.readouterr())
+
+
+def test_sharded_transformers_directory_reads_every_shard(tmp_path):
+    clip = tiny_clip()
+    clip.save_pretrained(tmp_path, max_shard_size="2MB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 1
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint.state_dict.keys() == clip.state_dict().keys()
+    model, _ = longclip.load(tmp_path)
+    tokens = longclip.tokenize(SHORT)
+    with torch.no_grad():
+        expected = clip.get_text_features(input_ids=tokens).pooler_output
+        torch.testing.assert_close(model.encode_text(tokens), expected, atol=1e-5, rtol=0)
