@@ -234,6 +234,8 @@ def test_embed_tokens_pads_with_the_tokenizers_pad_id(toy):
     finally:
         handle.remove()
     assert seen[0].tolist() == [[0, 1, 2, 3], [0, 1, toy.tokenizer.pad_id, toy.tokenizer.pad_id]]
+    with pytest.raises(ValueError, match="token list 1 has 9 ids, more than the context length 8"):
+        toy.embed_tokens([[0, 1], [0] * 9])
 
 
 # --- context length --------------------------------------------------------------------------------------------

@@ -177,6 +177,10 @@ class DualEncoder(nn.Module):
         (padded by the tokenizer, with its attention mask), so no text is computed with more padding than its batch
         needs. Returns ``[len(token_ids), dim]`` float32 features in input order.
         """
+        limit = self.context_length
+        for i, ids in enumerate(token_ids):
+            if len(ids) > limit:
+                raise ValueError(f"token list {i} has {len(ids)} ids, more than the context length {limit}")
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)
         features = torch.empty(len(token_ids), self.embed_dim)
         for batch in self._batches(order, batch_size, progress, "texts"):

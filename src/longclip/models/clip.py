@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTypeName", "LongCLIPConfig", "LongCLIPModel", "clip_config", "stretch_clip"]
+__all__ = ["DTypeName", "LongCLIPConfig", "LongCLIPModel", "clip_config", "clip_context_length", "stretch_clip"]
 
 
 @strict
@@ -59,6 +59,11 @@ def clip_config(config: dict | CLIPConfig) -> LongCLIPConfig:
     return LongCLIPConfig.from_dict(config)
 
 
+def clip_context_length(config: CLIPConfig) -> int:
+    """A CLIP's text context: its position table's rows. The one place the CLIP family derives it."""
+    return config.text_config.max_position_embeddings
+
+
 class LongCLIPModel(DualEncoder):
     """A CLIP with a long text context, wrapping a transformers ``CLIPModel`` (available as ``.clip``).
 
@@ -83,8 +88,8 @@ class LongCLIPModel(DualEncoder):
 
     @property
     def context_length(self) -> int:
-        """Rows of the text position table: the one place the CLIP family derives its context from."""
-        return self.clip.config.text_config.max_position_embeddings
+        """The text context, from the config (``clip_context_length``)."""
+        return clip_context_length(self.clip.config)
 
     @property
     def keep_positions(self) -> int | None:
