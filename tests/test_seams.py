@@ -370,3 +370,30 @@ def test_sharded_transformers_directory_reads_every_shard(tmp_path):
     with torch.no_grad():
         expected = clip.get_text_features(input_ids=tokens).pooler_output
         torch.testing.assert_close(model.encode_text(tokens), expected, atol=1e-5, rtol=0)
+
+
+def test_a_config_json_that_is_no_valid_clip_config_is_named(tmp_path):
+    LongCLIPModel(tiny_clip()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["hidden_size"] = "wide"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"the config is not a valid CLIP config.*hidden_size"):
+        longclip.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"]}))
+    with pytest.raises(CheckpointError, match="config.json does not name a model_type"):
+        longclip.load(tmp_path)
+
+
+def test_processor_of_a_released_pt_file_and_read_checkpoint_of_it(tmp_path):
+    from reference_clip import ReferenceCLIP
+
+    torch.manual_seed(0)
+    torch.save(
+        ReferenceCLIP(context=248, long=True, keep=12, masks_in_state_dict=True).state_dict(), tmp_path / "l.pt"
+    )
+    checkpoint = read_checkpoint(tmp_path / "l.pt")
+    assert (checkpoint.format, checkpoint.family, checkpoint.config["model_type"]) == ("longclip-pt", "clip", "clip")
+    assert checkpoint.config["keep_positions"] == 12 and checkpoint.directory is None
+    assert "text_model.embeddings.position_embedding.weight" in checkpoint.state_dict  # the family's own layout
+    processor = LongCLIPProcessor.from_pretrained(tmp_path / "l.pt")
+    assert processor.tokenizer.context_length == 248 and processor.image_transform.image_size == 32

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 
+from ..errors import CheckpointError
 from ..images import ImageTransform
 from ..positions import keep_positions_of, stretch_clip
 from ..processing import LongCLIPProcessor
@@ -203,7 +205,10 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     Every name and shape is checked first against the model the config describes (built on the meta device, so
     nothing is allocated), so a bad checkpoint fails with a message naming the tensor.
     """
-    config = clip_config(config)
+    try:
+        config = clip_config(config)
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as e:
+        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {e}") from e
     # Older transformers saved the position ids buffer; it is recomputed, never read.
     state_dict = {
         k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if not k.endswith("position_ids")
