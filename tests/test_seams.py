@@ -397,3 +397,14 @@ def test_processor_of_a_released_pt_file_and_read_checkpoint_of_it(tmp_path):
     assert "text_model.embeddings.position_embedding.weight" in checkpoint.state_dict  # the family's own layout
     processor = LongCLIPProcessor.from_pretrained(tmp_path / "l.pt")
     assert processor.tokenizer.context_length == 248 and processor.image_transform.image_size == 32
+
+
+def test_a_layout_can_be_tried_before_a_broader_one():
+    from longclip.checkpoints import layouts
+
+    # registered layouts stay for the whole session, so this one only matches the toy's own keys
+    register_layout(Layout("toy-first", "toy-bow", _legacy_matches, _legacy_convert), before="longclip-pt")
+    names = [layout.name for layout in layouts()]
+    assert names.index("toy-first") == names.index("longclip-pt") - 1 and names.count("toy-first") == 1
+    with pytest.raises(ValueError, match="no registered layout 'nope'"):
+        register_layout(Layout("toy-x", "toy-bow", _legacy_matches, _legacy_convert), before="nope")
