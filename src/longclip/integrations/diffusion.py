@@ -325,29 +325,35 @@ def encode_prompt(
     pieces = [_pieces(tokenizer, prompts + negatives, position_rows(enc), long_prompts) for enc, tokenizer in encoders]
     chunks = max(len(p) for per_encoder in pieces for p in per_encoder)
 
+    # Prompts and negatives go through the encoders as separate batches, as in diffusers: batching them together
+    # changes float rounding, and the pipeline's own encoding would then differ in the last bit.
+    n = len(prompts)
+    dtype = encoders[-1][0].dtype if sdxl else encoders[0][0].dtype
+    positive, pooled_positive = _encode(encoders, [p[:n] for p in pieces], chunks, sdxl)
+    negative, pooled_negative = _encode(encoders, [p[n:] for p in pieces], chunks, sdxl)
+    if zero_negative:
+        negative, pooled_negative = torch.zeros_like(positive), torch.zeros_like(pooled_positive)
+    positive, negative = positive.to(dtype), negative.to(dtype)
+    if sdxl:
+        pooled_positive, pooled_negative = pooled_positive.to(dtype), pooled_negative.to(dtype)
+    return PromptEmbeddings(positive, negative, pooled_positive, pooled_negative)
+
+
+def _encode(
+    encoders: list[tuple[Any, Any]], pieces: list[list[list[list[int]]]], chunks: int, sdxl: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states ``[texts, chunks * rows, features of all encoders]`` and (SDXL) the pooled ``[texts, dim]``."""
     hidden, pooled = [], None
     for (encoder, tokenizer), per_text in zip(encoders, pieces, strict=True):
         ids = _pad_pieces(per_text, chunks, tokenizer, position_rows(encoder))  # [texts * chunks, rows]
-        device = next(encoder.parameters()).device
-        out = encoder(ids.to(device), output_hidden_states=sdxl)
+        out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=sdxl)
         states = out.hidden_states[-2] if sdxl else out[0]
         hidden.append(states.reshape(len(per_text), chunks * states.shape[1], states.shape[2]))
         if sdxl and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds; pooled of the first chunk
             pooled = out[0].reshape(len(per_text), chunks, -1)[:, 0]
-    dtype = encoders[-1][0].dtype if sdxl else encoders[0][0].dtype
-    embeds = torch.cat(hidden, dim=-1).to(dtype)
-    n = len(prompts)
-    positive, negative = embeds[:n], embeds[n:]
-    pooled_positive = pooled_negative = None
-    if sdxl:
-        if pooled is None:
-            raise ValueError("SDXL's second text encoder must be a CLIPTextModelWithProjection (it gives the pooled)")
-        pooled = pooled.to(dtype)
-        pooled_positive, pooled_negative = pooled[:n], pooled[n:]
-    if zero_negative:
-        negative = torch.zeros_like(positive)
-        pooled_negative = torch.zeros_like(pooled_positive)
-    return PromptEmbeddings(positive, negative, pooled_positive, pooled_negative)
+    if sdxl and pooled is None:
+        raise ValueError("SDXL's second text encoder must be a CLIPTextModelWithProjection (it gives the pooled)")
+    return torch.cat(hidden, dim=-1), pooled
 
 
 def _negatives(negative_prompt: str | Sequence[str] | None, count: int) -> list[str]:
