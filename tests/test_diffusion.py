@@ -279,3 +279,67 @@ def test_export_ldm_layout_is_read_by_diffusers_single_file_conversion(tmp_path)
             assert torch.equal(value, original[key].half().float()), key
     with pytest.raises(ValueError, match="safetensors"):
         diffusion.export_text_encoder(model, tmp_path / "te.pt")
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def cli(argv: list[str]) -> int:
+    """Run ``generate`` / ``export text-encoder`` through argparse as ``longclip`` registers them.
+
+    Through ``longclip.cli.main`` once the command groups list ``generate``; until then a parser built from the same
+    ``register`` functions (``main`` turns the errors raised here into one-line messages).
+    """
+    generate = pytest.importorskip("longclip.cli.generate", reason="the longclip.cli package is not on this branch")
+    import argparse
+
+    from longclip.cli import common
+
+    parser = argparse.ArgumentParser(prog="longclip")
+    common.add_common_flags(parser, suppress=False)
+    commands = parser.add_subparsers(required=True)
+    generate.register(commands)
+    generate.register_export_text_encoder(commands.add_parser("export").add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    sd15_base().save_pretrained(folder / "sd15")
+    tiny_longclip().save_pretrained(folder / "longclip")
+    return folder
+
+
+def test_cli_generate_writes_the_image(saved_models, tmp_path, capsys):
+    out = tmp_path / "image.png"
+    argv = ["generate", words(120), "--pipeline", "sd15", "--model", str(saved_models / "sd15"),
+            "--text-encoder", str(saved_models / "longclip"), "--out", str(out), "--seed", "1", "--steps", "2",
+            "--guidance", "4", "--width", "40", "--height", "24", "--negative-prompt", "blurry", "--device", "cpu"]
+    assert cli(argv) == 0
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (40, 24)
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_cli_generate_names_the_download_when_a_model_is_missing(saved_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    argv = ["generate", "a cat", "--pipeline", "sdxl", "--text-encoder", str(saved_models / "longclip"),
+            "--out", str(tmp_path / "x.png")]
+    with pytest.raises(FileNotFoundError, match="hf download stabilityai/stable-diffusion-xl-base-1.0"):
+        cli(argv)
+    with pytest.raises(ValueError, match="image file"):
+        cli([*argv[:-1], str(tmp_path / "x.txt")])
+
+
+def test_cli_export_text_encoder(saved_models, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "longclip-L.safetensors"
+    assert cli(["export", "text-encoder", str(saved_models / "longclip"), str(out), "--dtype", "float16"]) == 0
+    table = load_file(out)["text_model.embeddings.position_embedding.weight"]
+    assert table.shape == (248, HIDDEN) and table.dtype == torch.float16

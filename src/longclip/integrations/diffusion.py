@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from ..positions import LONGCLIP_KEEP_ROWS, LONGCLIP_STRETCH_RATIO, stretch_positional_embedding
+from ..positions import LONGCLIP_KEEP_POSITIONS, LONGCLIP_STRETCH_RATIO, stretch_positional_embedding
 from ..tokenizer import CLIP_CONTEXT_LENGTH, DEFAULT_CONTEXT_LENGTH, LongCLIPTokenizer
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def position_rows(encoder: nn.Module) -> int:
 
 def stretch_text_encoder(
     encoder: nn.Module,
-    keep: int = LONGCLIP_KEEP_ROWS,
+    keep_positions: int = LONGCLIP_KEEP_POSITIONS,
     ratio: int = LONGCLIP_STRETCH_RATIO,
     mode: Literal["kps", "linear"] = "kps",
 ) -> nn.Module:
@@ -144,7 +144,7 @@ def stretch_text_encoder(
         raise ValueError(
             f"this text encoder has {old.shape[0]} positions; stretching expects CLIP's {CLIP_CONTEXT_LENGTH}"
         )
-    table = stretch_positional_embedding(old, keep, ratio, mode)  # positional: the keyword may be renamed
+    table = stretch_positional_embedding(old, keep_positions, ratio, mode)
     embeddings.position_embedding = nn.Embedding.from_pretrained(table, freeze=False)
     embeddings.register_buffer(
         "position_ids", torch.arange(table.shape[0], device=old.device).expand(1, -1), persistent=False
