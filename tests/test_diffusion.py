@@ -343,3 +343,47 @@ def test_cli_export_text_encoder(saved_models, tmp_path):
     assert cli(["export", "text-encoder", str(saved_models / "longclip"), str(out), "--dtype", "float16"]) == 0
     table = load_file(out)["text_model.embeddings.position_embedding.weight"]
     assert table.shape == (248, HIDDEN) and table.dtype == torch.float16
+
+
+# --- Flux ------------------------------------------------------------------------------------------------------
+
+
+def flux_base():
+    """A tiny Flux pipeline: CLIP-L (77 positions, gives the pooled embedding), a T5 with a word-level tokenizer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(sorted(set(WORDS)))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    t5_tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                           unk_token="<unk>", model_max_length=32)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=HIDDEN, d_ff=37, d_kv=8, num_layers=2,
+                                 num_heads=4)).eval()
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=HIDDEN,
+                                         pooled_projection_dim=HIDDEN, axes_dims_rope=[4, 4, 8])
+    flux_vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                             shift_factor=0.0609, scaling_factor=1.5035)
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=flux_vae,
+                        text_encoder=CLIPTextModel(text_config(77)).eval(), tokenizer=diffusion.long_tokenizer(77),
+                        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer)
+
+
+def test_flux_pooled_embedding_comes_from_longclip_and_reads_past_77():
+    base = flux_base()
+    pipe = diffusion.with_long_text_encoders(base, tiny_longclip())
+    assert pipe.tokenizer_max_length == 248 and type(pipe.text_encoder_2).__name__ == "T5EncoderModel"
+    head = words(100)
+    first, second = head + " " + words(20), head + " " + words(20, offset=5)
+    pooled = [pipe.encode_prompt(p, prompt_2=head, max_sequence_length=32)[1] for p in (first, second)]
+    assert not torch.allclose(*pooled)  # only words after token 100 differ, and they reach the pooled embedding
+    cut = [base.encode_prompt(p, prompt_2=head, max_sequence_length=32)[1] for p in (first, second)]
+    assert torch.equal(*cut)  # the 77-token CLIP never sees them
+    generator = torch.Generator("cpu").manual_seed(0)
+    image = pipe(first, num_inference_steps=2, width=32, height=32, max_sequence_length=32, generator=generator,
+                 output_type="pt").images
+    assert image.shape == (1, 3, 32, 32)
