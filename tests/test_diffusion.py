@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -151,6 +153,12 @@ def test_missing_diffusers_model_names_the_download(tmp_path, monkeypatch):
         diffusion.load_pipeline("sd15", "example-org/not-cached", text_encoder=tiny_longclip())
     with pytest.raises(ValueError, match="pipeline must be one of"):
         diffusion.load_pipeline("sd3", text_encoder=None)
+
+
+def test_missing_diffusers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` fail
+    with pytest.raises(ImportError, match=r"pip install 'longclip\[diffusion\]'"):
+        diffusion.with_long_text_encoders(object())
 
 
 # --- prompt embeddings -----------------------------------------------------------------------------------------
@@ -381,6 +389,8 @@ def test_flux_pooled_embedding_comes_from_longclip_and_reads_past_77():
     first, second = head + " " + words(20), head + " " + words(20, offset=5)
     pooled = [pipe.encode_prompt(p, prompt_2=head, max_sequence_length=32)[1] for p in (first, second)]
     assert not torch.allclose(*pooled)  # only words after token 100 differ, and they reach the pooled embedding
+    with pytest.raises(ValueError, match="T5EncoderModel"):
+        diffusion.encode_prompt(pipe, first)
     cut = [base.encode_prompt(p, prompt_2=head, max_sequence_length=32)[1] for p in (first, second)]
     assert torch.equal(*cut)  # the 77-token CLIP never sees them
     generator = torch.Generator("cpu").manual_seed(0)

@@ -183,7 +183,8 @@ def with_long_text_encoders(pipe: Any, text_encoder: Any = None, *, stretch: boo
 
     Returns:
         A new pipeline of ``type(pipe)`` built from the swapped components (its ``__init__`` re-reads the
-        tokenizers' lengths, which Flux caches).
+        tokenizers' lengths, which Flux caches). The other components are shared with ``pipe``, so its 77-position
+        encoders are stretched in place: ``pipe`` itself should not be used for 77-token prompts afterwards.
     """
     require_diffusers()
     components = dict(pipe.components)
@@ -314,6 +315,11 @@ def encode_prompt(
         raise ValueError("no prompt given")
     encoders = [(pipe.text_encoder, pipe.tokenizer)]
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if sdxl and not _is_clip_text_encoder(pipe.text_encoder_2):
+        raise ValueError(
+            f"encode_prompt handles SD 1.x/2.x and SDXL pipelines; this one's second encoder is a "
+            f"{type(pipe.text_encoder_2).__name__} (Flux?): pass prompt= to it, it encodes 248 tokens itself"
+        )
     if sdxl:
         encoders.append((pipe.text_encoder_2, pipe.tokenizer_2))
     encoders = [(e, t) for e, t in encoders if e is not None]
