@@ -336,9 +336,10 @@ def test_cli_generate_writes_the_image(saved_models, tmp_path, capsys):
 def test_cli_generate_names_the_download_when_a_model_is_missing(saved_models, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    argv = ["generate", "a cat", "--pipeline", "sdxl", "--text-encoder", str(saved_models / "longclip"),
-            "--out", str(tmp_path / "x.png")]
-    with pytest.raises(FileNotFoundError, match="hf download stabilityai/stable-diffusion-xl-base-1.0"):
+    # an id that exists nowhere: the test never downloads, with or without network
+    argv = ["generate", "a cat", "--pipeline", "sdxl", "--model", "example-org/missing-sdxl",
+            "--text-encoder", str(saved_models / "longclip"), "--out", str(tmp_path / "x.png")]
+    with pytest.raises(FileNotFoundError, match="hf download example-org/missing-sdxl"):
         cli(argv)
     with pytest.raises(ValueError, match="image file"):
         cli([*argv[:-1], str(tmp_path / "x.txt")])
