@@ -144,6 +144,9 @@ def test_sd2_style_pipeline_is_stretched_without_a_new_encoder():
     assert diffusion.position_rows(pipe.text_encoder) == 248 and pipe.tokenizer.model_max_length == 248
     image = diffusion.generate(pipe, words(120), steps=1, width=16, height=16, seed=0, output_type="pt")
     assert image.shape[-2:] == (16, 16)
+    narrow = CLIPTextModel(CLIPTextConfig(**{**text_config(248).to_dict(), "hidden_size": 16}))
+    with pytest.raises(ValueError, match="16 wide, the pipeline's is 32"):
+        diffusion.with_long_text_encoders(sd15_base(), narrow)
 
 
 def test_missing_diffusers_model_names_the_download(tmp_path, monkeypatch):

@@ -189,8 +189,14 @@ def with_long_text_encoders(pipe: Any, text_encoder: Any = None, *, stretch: boo
     require_diffusers()
     components = dict(pipe.components)
     if text_encoder is not None:
-        components["text_encoder"] = text_encoder_from_longclip(text_encoder)
-        components["tokenizer"] = long_tokenizer(position_rows(components["text_encoder"]))
+        encoder, old = text_encoder_from_longclip(text_encoder), components.get("text_encoder")
+        if old is not None and old.config.hidden_size != encoder.config.hidden_size:
+            raise ValueError(
+                f"the new text encoder is {encoder.config.hidden_size} wide, the pipeline's is "
+                f"{old.config.hidden_size}: its UNet/transformer expects the latter (SD 2.x's ViT-H is not CLIP-L; "
+                "stretch it with text_encoder=None)"
+            )
+        components["text_encoder"], components["tokenizer"] = encoder, long_tokenizer(position_rows(encoder))
     for encoder_name, tokenizer_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
         encoder, tokenizer = components.get(encoder_name), components.get(tokenizer_name)
         if not _is_clip_text_encoder(encoder):
@@ -205,7 +211,7 @@ def with_long_text_encoders(pipe: Any, text_encoder: Any = None, *, stretch: boo
 def load_pipeline(
     kind: PipelineKind,
     base: str | os.PathLike | None = None,
-    text_encoder: Any = DEFAULT_TEXT_ENCODER,
+    text_encoder: Any = "default",
     text_encoder_2: Any = None,
     torch_dtype: torch.dtype | None = None,
     **from_pretrained_kwargs: Any,
@@ -215,7 +221,8 @@ def load_pipeline(
     Args:
         kind: ``"sd15"``, ``"sd2"``, ``"sdxl"`` or ``"flux"``.
         base: The diffusers model (hub id or folder); by default ``DEFAULT_BASES[kind]``.
-        text_encoder: Long-CLIP model or path for the CLIP-L slot (``None`` for SD 2.x, whose ViT-H is stretched).
+        text_encoder: Long-CLIP model or path for the CLIP-L slot; ``"default"`` is ``BeichenZhang/LongCLIP-L``,
+            except for SD 2.x, whose own ViT-H encoder is stretched instead (as with ``None``).
         text_encoder_2: SDXL only: a ``CLIPTextModelWithProjection`` (or its path, e.g.
             ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``) to stretch instead of the base's own second encoder.
         torch_dtype: Weight dtype of the pipeline.
@@ -228,6 +235,8 @@ def load_pipeline(
     if kind not in PIPELINE_CLASSES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINE_CLASSES)}, got {kind!r}")
     base = str(base or DEFAULT_BASES[kind])
+    if isinstance(text_encoder, str) and text_encoder == "default":
+        text_encoder = None if kind == "sd2" else DEFAULT_TEXT_ENCODER
     pipeline_class = getattr(diffusers, PIPELINE_CLASSES[kind])
     overrides: dict[str, Any] = {}
     if text_encoder is not None:
