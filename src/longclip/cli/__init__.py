@@ -36,6 +36,7 @@ COMMANDS = (
     "train",
     "eval",
     "reproduce",
+    "generate",
 )
 
 _MAIN_EPILOG = """\
