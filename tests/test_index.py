@@ -285,3 +285,51 @@ def test_symlinks_out_of_the_root_are_not_indexed(photos_dir, tmp_path):
     (photos_dir / "inside.png").symlink_to(photos_dir / "home/red.png")
     found = scan_images(photos_dir)
     assert "link.png" not in found and "inside.png" in found
+
+
+DISTRIBUTED_SCRIPT = """
+import sys
+import longclip
+from longclip.integrations.index import build_index
+
+root, out, model_dir = sys.argv[1:4]
+model = longclip.load(model_dir)[0]
+embedded = []
+original = model.embed_images
+def counting(images, **kwargs):
+    images = list(images)
+    embedded.append(len(images))
+    return original(images, **kwargs)
+model.embed_images = counting
+report = build_index(root, out, model, model_dir, part_size=2, progress=False)
+import torch.distributed as dist
+print(f"rank {dist.get_rank()} of {dist.get_world_size()} embedded {sum(embedded) - 1} total {report.total}")
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_the_embedding_and_merge_one_index(photos_dir, tmp_path, model, model_dir):
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "build.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "index"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(port), str(script), str(photos_dir), str(out), str(model_dir)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    # 7 files pending (one unreadable): ranks take 4 and 3, so each embedded only its share of the 6 readable ones
+    embedded = [int(line.split()[5]) for line in lines]
+    assert len(lines) == 2 and sum(embedded) == 6 and all(n >= 2 for n in embedded), lines
+    fresh = tmp_path / "fresh"
+    build_index(photos_dir, fresh, model, str(model_dir), progress=False)
+    merged, expected = ImageIndex.open(out), ImageIndex.open(fresh)
+    assert merged.records == expected.records and merged.skipped == expected.skipped
+    np.testing.assert_allclose(merged.vectors, expected.vectors, atol=1e-5)
