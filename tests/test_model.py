@@ -137,7 +137,7 @@ def test_load_from_clip_stretches_a_77_token_clip(tmp_path):
     LongCLIPModel(clip).save_pretrained(tmp_path)
     original = clip.text_model.embeddings.position_embedding.weight.detach()
     model, preprocess = longclip.load_from_clip(tmp_path)
-    assert model.context_length == 248 and model.config.longclip_keep_rows == 20
+    assert model.context_length == 248 and model.config.keep_positions == 20
     table = model.clip.text_model.embeddings.position_embedding.weight.detach()
     torch.testing.assert_close(table, stretch_positional_embedding(original), atol=0, rtol=0)
     assert model.clip.text_model.embeddings.position_embedding.weight.requires_grad
@@ -149,7 +149,7 @@ def test_load_from_clip_stretches_a_77_token_clip(tmp_path):
     assert model.embed_texts([LONG[0]]).shape == (1, 16)
 
     linear, _ = longclip.load_from_clip(tmp_path, mode="linear")
-    assert linear.context_length == 248 and linear.config.longclip_keep_rows == 0
+    assert linear.context_length == 248 and linear.config.keep_positions == 0
 
     model.save_pretrained(tmp_path / "stretched")
     with pytest.raises(ValueError, match="has a 248-token text context, expected CLIP's 77"):

@@ -91,3 +91,10 @@ def keep_rows_from_mask(mask: torch.Tensor) -> int:
     if not torch.equal(flat, expected):
         raise ValueError("mask1 must be ones on its first rows and zeros after; this checkpoint's mask is not")
     return keep
+
+
+def keep_positions_of(config: object) -> int | None:
+    """The kept rows a CLIP config records: ``keep_positions``, or ``longclip_keep_rows`` in directories written
+    before that field was declared; None for a CLIP that is no Long-CLIP."""
+    keep = getattr(config, "keep_positions", None)
+    return getattr(config, "longclip_keep_rows", None) if keep is None else keep

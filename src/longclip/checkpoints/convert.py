@@ -21,7 +21,7 @@ from transformers import CLIPConfig
 
 from ..positions import LONGCLIP_KEEP_ROWS, fold_positional_tables, keep_rows_from_mask
 from ..tokenizer import EOT_ID, PAD_ID, SOT_ID
-from .reading import CheckpointError, _sample
+from .reading import CheckpointError, sample_keys
 
 HEAD_WIDTH = 64  # OpenAI CLIP's per-head width; heads = width // 64
 # Non-weight entries that OpenAI's TorchScript archives carry beside the weights.
@@ -76,7 +76,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "hf"
     raise CheckpointError(
         "unknown checkpoint layout: not OpenAI CLIP, Long-CLIP nor transformers CLIP. "
-        f"Keys seen: {_sample(sorted(keys))}"
+        f"Keys seen: {sample_keys(sorted(keys))}"
     )
 
 
@@ -88,7 +88,7 @@ def _count_blocks(keys: set[str], prefix: str) -> int:
     return len(found)
 
 
-def _heads(width: int) -> int:
+def heads_for_width(width: int) -> int:
     return max(1, width // HEAD_WIDTH)
 
 
@@ -103,7 +103,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
     sd, keys = state_dict, set(state_dict)
     for required in ("visual.conv1.weight", "visual.positional_embedding", "ln_final.weight", "visual.proj"):
         if required not in keys:
-            raise CheckpointError(f"OpenAI-layout checkpoint lacks {required}; keys seen: {_sample(sorted(keys))}")
+            raise CheckpointError(f"OpenAI-layout checkpoint lacks {required}; keys seen: {sample_keys(sorted(keys))}")
     vision_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     if grid * grid + 1 != sd["visual.positional_embedding"].shape[0]:
@@ -121,7 +121,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
         hidden_size=text_width,
         intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=text_layers,
-        num_attention_heads=_heads(text_width),
+        num_attention_heads=heads_for_width(text_width),
         max_position_embeddings=sd["positional_embedding"].shape[0],
         hidden_act="quick_gelu",  # OpenAI CLIP's activation; transformers defaults to it for CLIP too
         bos_token_id=SOT_ID,
@@ -132,7 +132,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
         hidden_size=vision_width,
         intermediate_size=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=vision_layers,
-        num_attention_heads=_heads(vision_width),
+        num_attention_heads=heads_for_width(vision_width),
         image_size=patch * grid,
         patch_size=patch,
         hidden_act="quick_gelu",
@@ -145,7 +145,7 @@ def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, di
 
     Long-CLIP's two position tables are folded into one (rows below ``keep`` from ``positional_embedding``, the rest
     from ``positional_embedding_res``; ``keep`` is read from ``mask1`` when present, else 20). The number of kept
-    rows is recorded as ``config.longclip_keep_rows`` so fine-tuning can freeze them again.
+    rows is recorded as ``config.keep_positions`` so fine-tuning can freeze them again.
 
     Raises:
         CheckpointError: A tensor is missing, left over, or has an unexpected shape (the message names it).
@@ -168,7 +168,7 @@ def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, di
             keep = keep_rows_from_mask(take("mask1", (table.shape[0], 1)))
             remaining.pop("mask2", None)
         table = fold_positional_tables(table, trained, keep)
-        config.longclip_keep_rows = keep
+        config.keep_positions = keep
     out["text_model.embeddings.position_embedding.weight"] = table
 
     shapes = {
@@ -217,7 +217,7 @@ def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, di
 
     if remaining:
         raise CheckpointError(
-            f"unexpected tensors in the checkpoint, not part of a CLIP: {_sample(sorted(remaining))}"
+            f"unexpected tensors in the checkpoint, not part of a CLIP: {sample_keys(sorted(remaining))}"
         )
     return config, out
 
@@ -258,5 +258,5 @@ def hf_to_openai(
             for hf_name, openai_name in inverse_block.items():
                 out[dst + openai_name] = sd.pop(src + hf_name)
     if sd:
-        raise CheckpointError(f"tensors with no place in OpenAI's layout: {_sample(sorted(sd))}")
+        raise CheckpointError(f"tensors with no place in OpenAI's layout: {sample_keys(sorted(sd))}")
     return out
