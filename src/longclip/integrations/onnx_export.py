@@ -370,3 +370,42 @@ def load_onnx(
     """Load an ONNX export for onnxruntime inference: ``(model, preprocess)`` like ``longclip.load``."""
     model = OnnxDualEncoder(directory, providers, threads)
     return model, model.image_transform
+
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def load_with_runtime(
+    name_or_path: str | os.PathLike,
+    runtime: str = "auto",
+    device: str = "cpu",
+    dtype: str | None = None,
+    export_dir: str | os.PathLike | None = None,
+) -> DualEncoder:
+    """Load a model for inference through PyTorch or onnxruntime.
+
+    Args:
+        name_or_path: Anything ``longclip.load`` reads, or a directory ``export_onnx`` wrote.
+        runtime: ``"auto"`` (onnxruntime for an ONNX export, PyTorch otherwise), ``"torch"`` or ``"onnx"`` (a
+            PyTorch model is exported first, into ``export_dir`` or a temporary directory).
+        device: PyTorch device (the ONNX runtime here runs on the CPU).
+        dtype: PyTorch weight dtype.
+        export_dir: Where ``runtime="onnx"`` exports a PyTorch model.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    onnx_dir = is_onnx_directory(name_or_path)
+    if runtime == "torch" and onnx_dir:
+        raise ValueError(f"{name_or_path} is an ONNX export: run it with the onnx runtime")
+    if onnx_dir:
+        return load_onnx(name_or_path)[0]
+    from ..api import load
+
+    model, _ = load(name_or_path, device=device, dtype=dtype)
+    if runtime != "onnx":
+        return model
+    import tempfile
+
+    directory = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="longclip-onnx-"))
+    logger.info("exporting %s to ONNX in %s", name_or_path, directory)
+    return load_onnx(export_onnx(model, directory))[0]
