@@ -302,8 +302,10 @@ def counting(images, **kwargs):
     return original(images, **kwargs)
 model.embed_images = counting
 report = build_index(root, out, model, model_dir, part_size=2, progress=False)
+import pathlib
 import torch.distributed as dist
-print(f"rank {dist.get_rank()} of {dist.get_world_size()} embedded {sum(embedded) - 1} total {report.total}")
+line = f"rank {dist.get_rank()} of {dist.get_world_size()} embedded {sum(embedded) - 1} total {report.total}"
+pathlib.Path(out).with_name(f"rank{dist.get_rank()}.txt").write_text(line)  # stdout of two ranks interleaves
 """
 
 
@@ -324,7 +326,7 @@ def test_torchrun_ranks_share_the_embedding_and_merge_one_index(photos_dir, tmp_
     command += ["--master_port", str(port), str(script), str(photos_dir), str(out), str(model_dir)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     # 7 files pending (one unreadable): ranks take 4 and 3, so each embedded only its share of the 6 readable ones
     embedded = [int(line.split()[5]) for line in lines]
     assert len(lines) == 2 and sum(embedded) == 6 and all(n >= 2 for n in embedded), lines
@@ -333,3 +335,57 @@ def test_torchrun_ranks_share_the_embedding_and_merge_one_index(photos_dir, tmp_
     merged, expected = ImageIndex.open(out), ImageIndex.open(fresh)
     assert merged.records == expected.records and merged.skipped == expected.skipped
     np.testing.assert_allclose(merged.vectors, expected.vectors, atol=1e-5)
+
+
+KILL_SCRIPT = """
+import sys, time
+import longclip
+from longclip.integrations.index import build_index
+
+root, out, model_dir = sys.argv[1:4]
+model = longclip.load(model_dir)[0]
+original = model.embed_images
+def slow(images, **kwargs):
+    time.sleep(0.5)  # time for the test to kill us between parts
+    return original(images, **kwargs)
+model.embed_images = slow
+build_index(root, out, model, model_dir, part_size=1, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_sigkill_mid_run_leaves_no_index_and_the_rerun_completes(photos_dir, tmp_path, model, model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "build.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "index"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(script), str(photos_dir), str(out), str(model_dir)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "work").glob("part-*.npz"))) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "the build finished before it could be killed"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    with pytest.raises(FileNotFoundError):
+        ImageIndex.open(out)
+    saved = [index_module._load_part(p) for p in (out / "work").glob("part-*.npz")]
+    assert len(saved) >= 2 and all(p is not None for p in saved)
+
+    counting = CountingModel(model)
+    build_index(photos_dir, out, counting, str(model_dir), progress=False)
+    assert counting.embedded == 1 + 6 - sum(len(p.records) for p in saved)
+    fresh = tmp_path / "fresh"
+    build_index(photos_dir, fresh, model, str(model_dir), progress=False)
+    resumed, expected = ImageIndex.open(out), ImageIndex.open(fresh)
+    assert resumed.records == expected.records
+    np.testing.assert_allclose(resumed.vectors, expected.vectors, atol=1e-6)
