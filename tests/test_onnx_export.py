@@ -93,3 +93,16 @@ def test_an_index_built_with_pytorch_accepts_the_onnx_model(exported):
 
     model, directory = exported
     assert fingerprint_similarity(model_fingerprint(model), model_fingerprint(load_onnx(directory)[0])) > 0.9999
+
+
+def test_an_index_built_through_onnxruntime_searches_with_its_own_export(exported, tmp_path):
+    pytest.importorskip("faiss", reason="the search index needs faiss-cpu")
+    from longclip.integrations.index import build_index, search
+
+    model, directory = exported
+    make_photos(tmp_path / "photos")
+    build_index(tmp_path / "photos", tmp_path / "index", load_onnx(directory)[0], str(directory), progress=False)
+    hits = search(tmp_path / "index", "a blue square", k=6)  # loads the export recorded in the index
+    expected = search(tmp_path / "index", "a blue square", k=6, model=model)
+    assert [h.path for h in hits] == [h.path for h in expected]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=1e-4)

@@ -450,9 +450,9 @@ def search(
     if not isinstance(index, ImageIndex):
         index = ImageIndex.open(index)
     if model is None:
-        from ..api import load
+        from .onnx_export import load_with_runtime
 
-        model, _ = load(index.model_id)
+        model = load_with_runtime(index.model_id)  # a PyTorch checkpoint or an ONNX export
     if query is not None:
         return index.search_text(model, query, k)
     return index.search_image(model, image, k)

@@ -217,9 +217,9 @@ def serve(
     if not isinstance(index, ImageIndex):
         index = ImageIndex.open(index)
     if model is None:
-        from ..api import load
+        from .onnx_export import load_with_runtime
 
-        model, _ = load(index.model_id)
+        model = load_with_runtime(index.model_id)  # a PyTorch checkpoint or an ONNX export
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: anyone who can reach this address can search and see the pictures", host)
     uvicorn.run(create_app(index, model, results), host=host, port=port, log_level="warning")
