@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 import longclip
 from longclip import LongCLIPModel, LongCLIPProcessor
@@ -234,6 +234,8 @@ def test_embed_tokens_pads_with_the_tokenizers_pad_id(toy):
     finally:
         handle.remove()
     assert seen[0].tolist() == [[0, 1, 2, 3], [0, 1, toy.tokenizer.pad_id, toy.tokenizer.pad_id]]
+    with pytest.raises(ValueError, match="token list 1 has 9 ids, more than the context length 8"):
+        toy.embed_tokens([[0, 1], [0] * 9])
 
 
 # --- context length --------------------------------------------------------------------------------------------
@@ -310,7 +312,7 @@ def test_a_registered_layout_converts_a_foreign_file(toy, tmp_path):
 
 
 def test_keep_positions_is_saved_in_config_json_and_old_directories_still_read(tmp_path):
-    model = LongCLIPModel(stretch_clip(tiny_clip(context=77), keep=12))
+    model = LongCLIPModel(stretch_clip(tiny_clip(context=77), keep_positions=12))
     model.save_pretrained(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / "config.json").read_text())
     assert saved["keep_positions"] == 12 and saved["model_type"] == "clip" and "longclip_keep_rows" not in saved
@@ -318,7 +320,29 @@ def test_keep_positions_is_saved_in_config_json_and_old_directories_still_read(t
 
     saved["longclip_keep_rows"] = saved.pop("keep_positions")  # a directory written before the field was declared
     (tmp_path / "new" / "config.json").write_text(json.dumps(saved))
-    assert longclip.load(tmp_path / "new")[0].keep_positions == 12
+    loaded, _ = longclip.load(tmp_path / "new")
+    assert loaded.keep_positions == 12
+
+    loaded.save_pretrained(tmp_path / "again")  # built from LongCLIPConfig: still a plain transformers CLIP
+    plain = CLIPModel.from_pretrained(tmp_path / "again").eval()
+    assert type(plain.config) is CLIPConfig and plain.config.keep_positions == 12
+    tokens = longclip.tokenize(SHORT)
+    with torch.no_grad():
+        expected = model.clip.get_text_features(input_ids=tokens).pooler_output
+        torch.testing.assert_close(plain.get_text_features(input_ids=tokens).pooler_output, expected)
+
+
+def test_transformers_directory_shapes_are_checked_against_its_config(tmp_path):
+    LongCLIPModel(tiny_clip()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["text_projection.weight"] = torch.zeros(16, 31)
+    weights["extra.bias"] = torch.zeros(2)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected keys: extra\.bias; tensor text_projection\.weight has shape \(16, 31\), expected \(16, 32",
+    ):
+        longclip.load(tmp_path)
 
 
 def test_loading_does_not_draw_transformers_progress_bars(tmp_path, capfd):
@@ -333,3 +357,54 @@ def test_loading_does_not_draw_transformers_progress_bars(tmp_path, capfd):
     assert hf_logging.is_progress_bar_enabled()  # restored for everyone else's loads
     CLIPModel.from_pretrained(tmp_path)  # control: outside our loads transformers still draws it, and we see it
     assert "Loading weights" in "".join(capfd.readouterr())
+
+
+def test_sharded_transformers_directory_reads_every_shard(tmp_path):
+    clip = tiny_clip()
+    clip.save_pretrained(tmp_path, max_shard_size="2MB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 1
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint.state_dict.keys() == clip.state_dict().keys()
+    model, _ = longclip.load(tmp_path)
+    tokens = longclip.tokenize(SHORT)
+    with torch.no_grad():
+        expected = clip.get_text_features(input_ids=tokens).pooler_output
+        torch.testing.assert_close(model.encode_text(tokens), expected, atol=1e-5, rtol=0)
+
+
+def test_a_config_json_that_is_no_valid_clip_config_is_named(tmp_path):
+    LongCLIPModel(tiny_clip()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["hidden_size"] = "wide"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"the config is not a valid CLIP config.*hidden_size"):
+        longclip.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"]}))
+    with pytest.raises(CheckpointError, match="config.json does not name a model_type"):
+        longclip.load(tmp_path)
+
+
+def test_processor_of_a_released_pt_file_and_read_checkpoint_of_it(tmp_path):
+    from reference_clip import ReferenceCLIP
+
+    torch.manual_seed(0)
+    torch.save(
+        ReferenceCLIP(context=248, long=True, keep=12, masks_in_state_dict=True).state_dict(), tmp_path / "l.pt"
+    )
+    checkpoint = read_checkpoint(tmp_path / "l.pt")
+    assert (checkpoint.format, checkpoint.family, checkpoint.config["model_type"]) == ("longclip-pt", "clip", "clip")
+    assert checkpoint.config["keep_positions"] == 12 and checkpoint.directory is None
+    assert "text_model.embeddings.position_embedding.weight" in checkpoint.state_dict  # the family's own layout
+    processor = LongCLIPProcessor.from_pretrained(tmp_path / "l.pt")
+    assert processor.tokenizer.context_length == 248 and processor.image_transform.image_size == 32
+
+
+def test_a_layout_can_be_tried_before_a_broader_one():
+    from longclip.checkpoints import layouts
+
+    # registered layouts stay for the whole session, so this one only matches the toy's own keys
+    register_layout(Layout("toy-first", "toy-bow", _legacy_matches, _legacy_convert), before="longclip-pt")
+    names = [layout.name for layout in layouts()]
+    assert names.index("toy-first") == names.index("longclip-pt") - 1 and names.count("toy-first") == 1
+    with pytest.raises(ValueError, match="no registered layout 'nope'"):
+        register_layout(Layout("toy-x", "toy-bow", _legacy_matches, _legacy_convert), before="nope")

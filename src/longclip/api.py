@@ -12,9 +12,9 @@ import torch
 
 from .checkpoints import read_checkpoint
 from .images import ImageTransform
-from .models import DualEncoder, LongCLIPModel, build_model, family_for, resolve_dtype, stretch_clip
+from .models import DualEncoder, LongCLIPModel, build_model, family_for, resolve_dtype
 from .models.base import DTypeName
-from .positions import LONGCLIP_KEEP_ROWS, LONGCLIP_STRETCH_RATIO
+from .positions import LONGCLIP_KEEP_POSITIONS, LONGCLIP_STRETCH_RATIO, stretch_clip
 from .tokenizer import CLIP_CONTEXT_LENGTH
 
 
@@ -72,10 +72,11 @@ def load_from_clip(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | DTypeName | None = None,
-    keep: int = LONGCLIP_KEEP_ROWS,
+    keep_positions: int = LONGCLIP_KEEP_POSITIONS,
     ratio: int = LONGCLIP_STRETCH_RATIO,
     mode: str = "kps",
     revision: str | None = None,
+    keep: int | None = None,
 ) -> tuple[LongCLIPModel, ImageTransform]:
     """Load a 77-token CLIP and stretch its text position table for long texts (248 rows by default).
 
@@ -83,9 +84,10 @@ def load_from_clip(
 
     Args:
         name_or_path: Any CLIP that ``load`` accepts, with a 77-row text position table.
-        keep: Rows kept unchanged by knowledge-preserving stretching.
+        keep_positions: Rows kept unchanged by knowledge-preserving stretching.
         ratio: Interpolation factor for the remaining rows.
         mode: ``"kps"`` (knowledge-preserving, Long-CLIP) or ``"linear"`` (baseline).
+        keep: Old name of ``keep_positions`` (deprecated).
 
     Raises:
         ValueError: The model's text context is not CLIP's 77 tokens (already stretched?).
@@ -96,6 +98,6 @@ def load_from_clip(
             f"{name_or_path} has a {model.context_length}-token text context, expected CLIP's "
             f"{CLIP_CONTEXT_LENGTH}; a Long-CLIP checkpoint loads with longclip.load"
         )
-    stretch_clip(model.clip, keep=keep, ratio=ratio, mode=mode)
+    stretch_clip(model.clip, keep_positions=keep_positions, ratio=ratio, mode=mode, keep=keep)
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
     return model, model.preprocess

@@ -57,7 +57,7 @@ class LongCLIPProcessor:
         """
         from .checkpoints import read_config  # imported here: models import this module, and never checkpoints
         from .models import LongCLIPModel, family_for
-        from .models.clip import clip_config
+        from .models.clip import clip_config, clip_context_length
 
         checkpoint = read_config(name_or_path, revision)
         if not issubclass(family_for(checkpoint), LongCLIPModel):
@@ -71,7 +71,7 @@ class LongCLIPProcessor:
             transform = ImageTransform.from_directory(checkpoint.directory, size)
         else:
             transform = ImageTransform.for_size(size)
-        return cls(get_tokenizer(config.text_config.max_position_embeddings), transform)
+        return cls(get_tokenizer(clip_context_length(config)), transform)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write transformers tokenizer and image-processor files."""

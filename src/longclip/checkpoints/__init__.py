@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..positions import LONGCLIP_KEEP_ROWS, keep_positions_of
+from ..positions import LONGCLIP_KEEP_POSITIONS, keep_positions_of
 from ..tokenizer import CLIP_CONTEXT_LENGTH
 from .convert import HEAD_WIDTH, config_from_openai, detect_format, heads_for_width, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
@@ -256,8 +256,8 @@ def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
     is no Long-CLIP is written in OpenAI's layout, with a single table, as OpenAI's loader expects.
     """
     check_pt_compatible(model.config)
-    keep = keep_positions_of(model.config)
-    if keep is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
-        keep = LONGCLIP_KEEP_ROWS
-    state_dict = hf_to_openai(model.state_dict(), model.config, keep=keep)
+    keep_positions = keep_positions_of(model.config)
+    if keep_positions is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
+        keep_positions = LONGCLIP_KEEP_POSITIONS
+    state_dict = hf_to_openai(model.state_dict(), model.config, keep_positions=keep_positions)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))

@@ -40,11 +40,31 @@ class Layout:
 _LAYOUTS: dict[str, Layout] = {}
 
 
-def register_layout(layout: Layout) -> None:
-    """Add a layout to the table (a layout of the same name is replaced)."""
+def register_layout(layout: Layout, before: str | None = None) -> None:
+    """Add a layout to the table (a layout of the same name is replaced).
+
+    Args:
+        layout: The layout.
+        before: Try it before this registered layout (for a layout whose keys a broader one would also match);
+            by default it is tried after all registered so far.
+
+    Raises:
+        ValueError: The layout has no name or family, or ``before`` names no registered layout.
+    """
     if not layout.name or not layout.family:
         raise ValueError(f"a layout needs a name and a family, got {layout.name!r} / {layout.family!r}")
-    _LAYOUTS[layout.name] = layout
+    if before is not None and before not in _LAYOUTS:
+        raise ValueError(
+            f"no registered layout {before!r} to put {layout.name!r} before; known: {', '.join(_LAYOUTS)}"
+        )
+    _LAYOUTS.pop(layout.name, None)
+    if before is None:
+        _LAYOUTS[layout.name] = layout
+        return
+    entries = list(_LAYOUTS.items())
+    at = [name for name, _ in entries].index(before)
+    _LAYOUTS.clear()
+    _LAYOUTS.update([*entries[:at], (layout.name, layout), *entries[at:]])
 
 
 def layouts() -> list[Layout]:

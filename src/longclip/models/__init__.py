@@ -4,7 +4,7 @@
 line (here, or from user code through these public names).
 """
 
-from .base import DualEncoder, quiet_transformers_progress, resolve_dtype
+from .base import DualEncoder, check_state_dict, quiet_transformers_progress, resolve_dtype
 from .clip import LongCLIPConfig, LongCLIPModel, stretch_clip
 from .registry import Family, build_model, families, family_for, register_family
 
@@ -16,6 +16,7 @@ __all__ = [
     "LongCLIPConfig",
     "LongCLIPModel",
     "build_model",
+    "check_state_dict",
     "families",
     "family_for",
     "quiet_transformers_progress",

@@ -110,7 +110,8 @@ class DualEncoder(nn.Module):
 
         Args:
             image: Preprocessed images ``[n_images, 3, H, W]``.
-            text: Token ids ``[n_texts, L]`` (``longclip.tokenize``'s output) or a ``TextBatch``.
+            text: Token ids ``[n_texts, L]`` (``longclip.tokenize``'s output) or a ``TextBatch`` (what a family
+                that pools over the attention mask needs).
 
         Returns:
             ``(logits_per_image [n_images, n_texts], logits_per_text [n_texts, n_images])``.
@@ -141,9 +142,10 @@ class DualEncoder(nn.Module):
             texts: The texts.
             batch_size: Texts per forward pass.
             normalize: L2-normalize the features.
-            long_texts: What to do with a text longer than the context: ``"truncate"`` cuts it (end token kept
-                last, as Long-CLIP does); ``"chunk"`` splits it into consecutive pieces that fit, embeds each, and
-                returns the renormalized mean of the L2-normalized piece embeddings (so it needs ``normalize=True``);
+            long_texts: What to do with a text longer than the context: ``"truncate"`` cuts it with the
+                tokenizer's ``truncate`` (CLIP's keeps the end token last, as Long-CLIP does); ``"chunk"`` splits it
+                with the tokenizer's ``chunk`` into consecutive pieces that fit, embeds each, and returns the
+                renormalized mean of the L2-normalized piece embeddings (so it needs ``normalize=True``);
                 ``"error"`` raises ``ValueError`` naming the text.
             progress: Show a progress bar; by default only for inputs of many batches.
         """
@@ -177,6 +179,10 @@ class DualEncoder(nn.Module):
         (padded by the tokenizer, with its attention mask), so no text is computed with more padding than its batch
         needs. Returns ``[len(token_ids), dim]`` float32 features in input order.
         """
+        limit = self.context_length
+        for i, ids in enumerate(token_ids):
+            if len(ids) > limit:
+                raise ValueError(f"token list {i} has {len(ids)} ids, more than the context length {limit}")
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)
         features = torch.empty(len(token_ids), self.embed_dim)
         for batch in self._batches(order, batch_size, progress, "texts"):

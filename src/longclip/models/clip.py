@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from torch import nn
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 
+from ..errors import CheckpointError
 from ..images import ImageTransform
-from ..positions import LONGCLIP_KEEP_ROWS, LONGCLIP_STRETCH_RATIO, keep_positions_of, stretch_positional_embedding
+from ..positions import keep_positions_of, stretch_clip
 from ..processing import LongCLIPProcessor
 from ..tokenizer import EOT_ID, VOCAB_SIZE, LongCLIPTokenizer, get_tokenizer
 from .base import DTypeName, DualEncoder, check_state_dict, quiet_transformers_progress
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTypeName", "LongCLIPConfig", "LongCLIPModel", "clip_config", "stretch_clip"]
+__all__ = ["DTypeName", "LongCLIPConfig", "LongCLIPModel", "clip_config", "clip_context_length", "stretch_clip"]
 
 
 @strict
@@ -60,6 +61,11 @@ def clip_config(config: dict | CLIPConfig) -> LongCLIPConfig:
     return LongCLIPConfig.from_dict(config)
 
 
+def clip_context_length(config: CLIPConfig) -> int:
+    """A CLIP's text context: its position table's rows. The one place the CLIP family derives it."""
+    return config.text_config.max_position_embeddings
+
+
 class LongCLIPModel(DualEncoder):
     """A CLIP with a long text context, wrapping a transformers ``CLIPModel`` (available as ``.clip``).
 
@@ -84,8 +90,8 @@ class LongCLIPModel(DualEncoder):
 
     @property
     def context_length(self) -> int:
-        """Rows of the text position table: the one place the CLIP family derives its context from."""
-        return self.clip.config.text_config.max_position_embeddings
+        """The text context, from the config (``clip_context_length``)."""
+        return clip_context_length(self.clip.config)
 
     @property
     def keep_positions(self) -> int | None:
@@ -199,7 +205,10 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     Every name and shape is checked first against the model the config describes (built on the meta device, so
     nothing is allocated), so a bad checkpoint fails with a message naming the tensor.
     """
-    config = clip_config(config)
+    try:
+        config = clip_config(config)
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as e:
+        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {e}") from e
     # Older transformers saved the position ids buffer; it is recomputed, never read.
     state_dict = {
         k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if not k.endswith("position_ids")
@@ -210,22 +219,3 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     with quiet_transformers_progress():
         model = CLIPModel.from_pretrained(None, config=config, state_dict=state_dict, attn_implementation="sdpa")
     return model.float().eval()
-
-
-def stretch_clip(
-    clip: CLIPModel, keep: int = LONGCLIP_KEEP_ROWS, ratio: int = LONGCLIP_STRETCH_RATIO, mode: str = "kps"
-) -> CLIPModel:
-    """Stretch a CLIP's text position table in place (77 -> 248 rows with the defaults) and return it.
-
-    Records ``keep`` as ``config.keep_positions`` (fine-tuning freezes those rows) for ``mode="kps"``, 0 otherwise.
-    """
-    embeddings = clip.text_model.embeddings
-    old = embeddings.position_embedding.weight.data
-    table = stretch_positional_embedding(old, keep=keep, ratio=ratio, mode=mode)
-    embeddings.position_embedding = nn.Embedding.from_pretrained(table, freeze=False)
-    position_ids = torch.arange(table.shape[0], device=old.device).expand(1, -1)
-    embeddings.register_buffer("position_ids", position_ids, persistent=False)
-    clip.config.text_config.max_position_embeddings = table.shape[0]
-    clip.config.keep_positions = keep if mode == "kps" else 0
-    logger.info("stretched the text position table from %d to %d rows (%s)", old.shape[0], table.shape[0], mode)
-    return clip
