@@ -389,3 +389,15 @@ def test_a_real_sigkill_mid_run_leaves_no_index_and_the_rerun_completes(photos_d
     resumed, expected = ImageIndex.open(out), ImageIndex.open(fresh)
     assert resumed.records == expected.records
     np.testing.assert_allclose(resumed.vectors, expected.vectors, atol=1e-6)
+
+
+def test_a_moved_folder_keeps_its_embeddings_and_the_index_follows_it(photos_dir, tmp_path, model, model_dir):
+    out = tmp_path / "index"
+    build_index(photos_dir, out, model, str(model_dir), progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(photos_dir, moved)  # copy2 keeps sizes and modification times
+    counting = CountingModel(model)
+    report = build_index(moved, out, counting, str(model_dir), progress=False)
+    assert counting.embedded == 1 and report.kept == 6
+    hits = ImageIndex.open(out).search_image(model, moved / "home/red.png", k=1)
+    assert hits[0].file == str(moved.resolve() / "home/red.png")

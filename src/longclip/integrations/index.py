@@ -579,7 +579,7 @@ def build_index(
 
     _embed_parts(model, root, mine, work, rank, batch_size, part_size, workers, progress and rank == 0)
     _barrier(world)
-    if _up_to_date(old, files, reusable, pending, resumed, kind):
+    if _up_to_date(old, root, files, reusable, pending, resumed, kind):
         if rank == 0:
             logger.info("the index is up to date")
             _clean(out, {e["name"] for e in old.manifest["files"].values()})
@@ -596,6 +596,7 @@ def build_index(
 
 def _up_to_date(
     old: ImageIndex | None,
+    root: Path,
     files: dict[str, FileRecord],
     reusable: dict[str, int],
     pending: list[FileRecord],
@@ -605,6 +606,7 @@ def _up_to_date(
     """Whether the old index already says everything a new generation would."""
     return (
         old is not None
+        and old.manifest["root"] == str(root)
         and not pending
         and not any(p.records or p.skipped for p in resumed)
         and len(reusable) == len(old)
