@@ -91,6 +91,7 @@ def create_app(index: ImageIndex, model: Any, results: int = DEFAULT_RESULTS, ch
     """
     fastapi = _fastapi()
     from fastapi import Form, UploadFile
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     if check_model:
@@ -112,9 +113,12 @@ def create_app(index: ImageIndex, model: Any, results: int = DEFAULT_RESULTS, ch
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise fastapi.HTTPException(413, f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
-        try:
+        def run() -> list[SearchHit]:
             with model_lock:
                 return index.search_image(model, data, k=_clamp(k), check=False)
+
+        try:
+            return await run_in_threadpool(run)  # the forward pass must not block the event loop
         except (ImageLoadError, ValueError) as e:
             raise fastapi.HTTPException(400, f"cannot read the uploaded image: {e}") from e
 
