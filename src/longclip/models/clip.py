@@ -174,7 +174,7 @@ class LongCLIPModel(DualEncoder):
         cls,
         name_or_path: str | os.PathLike,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | DTypeName | None = None,
+        dtype: torch.dtype | DTypeName | None = "auto",
         revision: str | None = None,
     ) -> LongCLIPModel:
         """Load a CLIP-family checkpoint, as ``longclip.load`` does (kept for compatibility).
@@ -182,7 +182,7 @@ class LongCLIPModel(DualEncoder):
         Args:
             name_or_path: File, directory or hub id (``BeichenZhang/LongCLIP-B``, ``openai/clip-vit-base-patch16``).
             device: Where to put the model.
-            dtype: Weight dtype; by default float32 on the CPU and float16 on CUDA, as OpenAI's ``clip.load``.
+            dtype: Weight dtype; ``"auto"`` (the default) as ``longclip.load``.
             revision: Hub revision, for hub ids.
 
         Raises:
