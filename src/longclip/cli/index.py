@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")  # longclip.integrations.index.INDEX_KINDS (not imported: fast --help)
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -30,7 +30,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser, model_required: bool) -> 
         help_model += " (default: the model that built the index)"
     parser.add_argument("--model", "-m", required=model_required, default=None, metavar="M", help=help_model)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weight dtype (default: float32 on the CPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weight dtype (default: as longclip.load, auto)")
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
