@@ -196,8 +196,11 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``longclip`` argument parser (exposed for documentation tools and tests)."""
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``longclip`` argument parser (exposed for documentation tools and tests).
+
+    ``argv`` is looked at only for ``train --method NAME``, whose own options the parser then offers.
+    """
     from . import __version__
 
     common = argparse.ArgumentParser(add_help=False)
@@ -299,14 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         parents=[common],
-        help="fine-tune a CLIP into a Long-CLIP (or continue one) on image / long-caption pairs",
-        description="Fine-tune with Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then "
-        "long captions matched with image features and short captions with their principal components. "
-        "Runs on one device as it is, on many under torchrun.",
+        help="train on image / caption pairs with a method (default: Long-CLIP's fine-tuning recipe)",
+        description="Train with a method (--method; `longclip train --method NAME --help` lists its options). The "
+        "default, longclip, is Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then long "
+        "captions matched with image features and short captions with their principal components. Runs on one "
+        "device as it is, on many under torchrun.",
         epilog=_TRAIN_EPILOG,
         formatter_class=formatter,
     )
-    _train_flags(train)
+    if "train" in argv:
+        from .train.options import method_from_argv
+
+        _train_flags(train, method_from_argv(argv))
+    else:  # the method's flags matter only when training; importing the methods costs a torch import
+        train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     train.set_defaults(handler=_cmd_train)
 
     evaluate = commands.add_parser(
@@ -367,30 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_flags(parser: argparse.ArgumentParser) -> None:
-    """One option per ``TrainConfig`` field, with its default and help text (the defaults live only there)."""
-    import dataclasses
-    import typing
+def _train_flags(parser: argparse.ArgumentParser, method: str = "longclip") -> None:
+    """The common training settings and ``method``'s own (the defaults live in their dataclasses)."""
+    from .train.options import add_train_arguments
 
-    from .train.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        required = field.name in ("model", "data", "output")
-        kind = hints[field.name]
-        help_text = field.metadata["help"] + (
-            "" if required or field.default is None else f" (default: {field.default})"
-        )
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=help_text)
-            continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        convert = base if base in (int, float) else str
-        choices = field.metadata.get("choices")
-        parser.add_argument(
-            flag, type=convert, default=field.default, required=required, choices=choices, help=help_text
-        )
+    add_train_arguments(parser, method)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------
@@ -398,7 +388,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``longclip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     with _output_settings(args):
         try:
             return args.handler(args)
@@ -677,12 +668,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
+    from .train import train
+    from .train.options import config_from_args
 
-    from .train import TrainConfig, train
-
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    summary = train(config)
+    config, options = config_from_args(args)
+    summary = train(config, options)
     if summary["finished"]:
         _status(args, f"trained {summary['step']} steps; model written to {summary.get('model', config.output)}")
     else:

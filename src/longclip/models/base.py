@@ -80,6 +80,10 @@ class DualEncoder(nn.Module):
         reads back."""
         raise NotImplementedError
 
+    def towers(self) -> dict[str, list[nn.Module]]:
+        """The modules of each tower, ``{"vision": [...], "text": [...]}`` (projections included), for freezing."""
+        raise NotImplementedError
+
     @property
     def logit_scale(self) -> torch.Tensor:
         raise NotImplementedError

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
+from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from ..errors import CheckpointError
@@ -102,6 +103,10 @@ class LongCLIPModel(DualEncoder):
     def tokenizer(self) -> LongCLIPTokenizer:
         """CLIP's tokenizer at this model's context length (follows the table if it is stretched later)."""
         return get_tokenizer(self.context_length)
+
+    def towers(self) -> dict[str, list[nn.Module]]:
+        clip = self.clip
+        return {"vision": [clip.vision_model, clip.visual_projection], "text": [clip.text_model, clip.text_projection]}
 
     @property
     def logit_scale(self) -> torch.Tensor:
