@@ -124,26 +124,19 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
-def _sample_tokens(model: Any, lengths: tuple[int, ...]) -> list[torch.Tensor]:
-    """Token batches of the given widths, each row ending with its end token (real ids, not random ones)."""
+def _sample_batches(model: Any, lengths: tuple[int, ...]) -> list[Any]:
+    """Text batches (``TextBatch``: ids and mask, padded by the model's tokenizer) of the given widths, each with
+    one full row and one shorter, padded row of real words."""
     words = "a red bicycle leaning against a blue door a cat asleep on the step in the afternoon light " * 40
     batches = []
     for width in lengths:
         width = min(width, model.context_length)
         rows = []
-        for n_words in (width, max(2, width // 3)):  # one full row, one shorter (padded) row
+        for n_words in (width, max(2, width // 3)):
             ids = model.tokenizer.encode(" ".join(words.split()[:n_words]))[0]
-            rows.append([*ids[: width - 1], ids[-1]] if len(ids) > width else ids)
-        batches.append(_pad(rows, width, model.tokenizer))
+            rows.append(model.tokenizer.truncate(ids, width) if len(ids) > width else ids)
+        batches.append(model.tokenizer.pad(rows, width))
     return batches
-
-
-def _pad(rows: list[list[int]], width: int, tokenizer: Any) -> torch.Tensor:
-    pad_id = getattr(tokenizer, "pad_id", 0)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
-    return tokens
 
 
 def _mask(tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -181,13 +174,13 @@ def export_onnx(model: Any, directory: str | os.PathLike, opset: int = OPSET, at
     model.eval()
     text, vision = onnx_towers(model)
     size = model.image_transform.image_size
-    tokens = _sample_tokens(model, (16,))[0]
+    sample = _sample_batches(model, (16,))[0]
     end_id = _end_id(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python values recorded as constants
         torch.onnx.export(
             text,
-            (tokens, _mask(tokens, _row_lengths(tokens, end_id))),
+            (sample.input_ids, sample.attention_mask),
             str(directory / TEXT_FILE),
             input_names=["input_ids", "attention_mask"],
             output_names=["text_embeds"],
@@ -221,7 +214,7 @@ def export_onnx(model: Any, directory: str | os.PathLike, opset: int = OPSET, at
         "opset": opset,
     }
     (directory / ONNX_CONFIG).write_text(json.dumps(config, indent=2))
-    worst = check_parity(model, OnnxDualEncoder(directory))
+    worst = check_parity(model, OnnxDualEncoder(directory, tokenizer=model.tokenizer))
     if worst > atol:
         raise ValueError(
             f"onnxruntime differs from PyTorch by {worst:.2e} (> {atol}) for the {_family(model)} family: "
@@ -232,11 +225,7 @@ def export_onnx(model: Any, directory: str | os.PathLike, opset: int = OPSET, at
 
 
 def _end_id(model: Any) -> int | None:
-    tokenizer = model.tokenizer
-    for name in ("eot_token", "end_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
+    """CLIP's end-of-text id for the CLIP family (its mask ends there); ``None`` for families that mask padding."""
     from ..tokenizer import EOT_ID
 
     return EOT_ID if _family(model) == "clip" else None
@@ -246,23 +235,15 @@ def _end_id(model: Any) -> int | None:
 def check_parity(model: Any, onnx_model: OnnxDualEncoder) -> float:
     """Largest difference between PyTorch and onnxruntime embeddings over batches of several shapes."""
     worst = 0.0
-    end_id = onnx_model.end_token_id
-    lengths = (7, 23, model.context_length)
-    for tokens in _sample_tokens(model, lengths):
-        mask = _mask(tokens, _row_lengths(tokens, end_id))
-        expected = model.encode_text(tokens, mask) if _takes_mask(model) else model.encode_text(tokens)
-        worst = max(worst, float((onnx_model.encode_text(tokens, mask) - expected.float()).abs().max()))
+    for batch in _sample_batches(model, (7, 23, model.context_length)):
+        expected = model.encode_text(batch.input_ids, batch.attention_mask).float()
+        got = onnx_model.encode_text(batch.input_ids, batch.attention_mask)
+        worst = max(worst, float((got - expected).abs().max()))
     size = onnx_model.config["image_size"]
     for batch in (1, 3):
         pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         worst = max(worst, float((onnx_model.encode_image(pixels) - model.encode_image(pixels).float()).abs().max()))
     return worst
-
-
-def _takes_mask(model: Any) -> bool:
-    import inspect
-
-    return "attention_mask" in inspect.signature(model.encode_text).parameters
 
 
 class OnnxDualEncoder(DualEncoder):
@@ -272,9 +253,17 @@ class OnnxDualEncoder(DualEncoder):
         directory: What ``export_onnx`` wrote.
         providers: onnxruntime execution providers (default: CPU).
         threads: Intra-op threads for onnxruntime (default: its own choice).
+        tokenizer: The model's tokenizer; by default rebuilt from the export (CLIP family; another family passes its
+            own, as there is no safe way to rebuild an arbitrary tokenizer from files).
     """
 
-    def __init__(self, directory: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        tokenizer: Any = None,
+    ):
         super().__init__()
         _, ort = _onnx_modules()
         self.directory = Path(directory).expanduser()
@@ -296,7 +285,7 @@ class OnnxDualEncoder(DualEncoder):
         )
         self._text_inputs = {i.name for i in self.text_session.get_inputs()}
         self.end_token_id = self.config.get("end_token_id")
-        self.tokenizer = _load_tokenizer(self.directory, self.config)
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.config)
         self.image_transform = ImageTransform.from_directory(self.directory, self.config["image_size"])
         self.family = self.config["family"]
 
@@ -330,8 +319,11 @@ class OnnxDualEncoder(DualEncoder):
             raise ValueError(f"texts of {input_ids.shape[1]} tokens do not fit the context of {self.context_length}")
         if input_ids.shape[0] == 0:
             return torch.empty(0, self.embed_dim)
-        if attention_mask is None:
-            attention_mask = _mask(input_ids, _row_lengths(input_ids, self.end_token_id))
+        if attention_mask is None:  # CLIP: real tokens run to the end token (id 0 is a word); others: not padding
+            if self.end_token_id is None:
+                attention_mask = (input_ids != self.tokenizer.pad_id).long()
+            else:
+                attention_mask = _mask(input_ids, _row_lengths(input_ids, self.end_token_id))
         feed = {"input_ids": input_ids.cpu().long().numpy(), "attention_mask": attention_mask.cpu().long().numpy()}
         output = self.text_session.run(None, {k: v for k, v in feed.items() if k in self._text_inputs})[0]
         features = torch.from_numpy(np.asarray(output, dtype=np.float32))
@@ -350,13 +342,16 @@ class OnnxDualEncoder(DualEncoder):
         shutil.copytree(self.directory, directory, dirs_exist_ok=True)
 
 
-def _load_tokenizer(directory: Path, config: dict) -> Any:
+def _load_tokenizer(config: dict) -> Any:
     """The tokenizer of an export: CLIP's BPE at the model's context for the CLIP family."""
-    if config["family"] in ("clip", "longclip"):
+    if config["family"] == "clip":
         from ..tokenizer import get_tokenizer
 
         return get_tokenizer(config["context_length"])
-    raise ValueError(f"no tokenizer loader for the {config['family']!r} family in ONNX exports yet")
+    raise ValueError(
+        f"an ONNX export of the {config['family']!r} family needs its tokenizer: "
+        "load_onnx(directory, tokenizer=...) with the tokenizer of the model that was exported"
+    )
 
 
 def is_onnx_directory(path: str | os.PathLike) -> bool:
@@ -365,10 +360,13 @@ def is_onnx_directory(path: str | os.PathLike) -> bool:
 
 
 def load_onnx(
-    directory: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None
+    directory: str | os.PathLike,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    tokenizer: Any = None,
 ) -> tuple[OnnxDualEncoder, ImageTransform]:
     """Load an ONNX export for onnxruntime inference: ``(model, preprocess)`` like ``longclip.load``."""
-    model = OnnxDualEncoder(directory, providers, threads)
+    model = OnnxDualEncoder(directory, providers, threads, tokenizer)
     return model, model.image_transform
 
 

@@ -113,6 +113,7 @@ def create_app(index: ImageIndex, model: Any, results: int = DEFAULT_RESULTS, ch
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise fastapi.HTTPException(413, f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+
         def run() -> list[SearchHit]:
             with model_lock:
                 return index.search_image(model, data, k=_clamp(k), check=False)
