@@ -15,7 +15,7 @@ _EPILOG = """\
 examples:
   longclip index ~/Pictures --model BeichenZhang/LongCLIP-B --out ~/pictures.index
   longclip index ~/Pictures --model BeichenZhang/LongCLIP-B --out ~/pictures.index     # again: only new files
-  torchrun --nproc_per_node 4 -m longclip.cli index photos/ --model M --out photos.index --device cuda
+  torchrun --nproc_per_node 4 $(which longclip) index photos/ --model M --out photos.index --device cuda
 
 Re-running updates the index: new and changed files are embedded, deleted ones dropped, the rest kept. A run that
 is interrupted (Ctrl-C, a crash, a kill) resumes from its last saved part; the index on disk is always either the
