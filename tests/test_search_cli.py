@@ -1,9 +1,7 @@
-"""The index, search, serve, export and push commands, run through their argparse modules."""
+"""The index, search, serve, export and push commands, run through ``longclip.cli.main``."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import shutil
 
@@ -18,17 +16,20 @@ import longclip.cli  # noqa: E402
 if not hasattr(longclip.cli, "__path__"):
     pytest.skip("the CLI package (longclip/cli/) is not in this checkout yet", allow_module_level=True)
 
-MODULES = ("index", "search", "serve", "export", "push")
+from longclip.cli import main  # noqa: E402
 
 
 def run(argv: list[str]) -> int:
-    """Parse ``argv`` with the command modules' parsers (as ``longclip.cli.main`` does) and run it."""
-    parser = argparse.ArgumentParser(prog="longclip")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in MODULES:
-        importlib.import_module(f"longclip.cli.{name}").register(commands)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``longclip --debug ARGV``: errors propagate as exceptions instead of one-line messages."""
+    return main(["--debug", *argv])
+
+
+def test_the_commands_are_registered(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    for command in ("index", "search", "serve", "export", "push"):
+        assert command in listing
 
 
 @pytest.fixture(scope="module")

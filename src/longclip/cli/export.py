@@ -1,7 +1,8 @@
 """``longclip export FORMAT MODEL DIR``: write a model in another tool's format.
 
-Formats are sub-commands. Each is a function that takes the formats' sub-parsers object, adds its parser and sets
-``func``; ``FORMATS`` lists them as ``"module:function"`` (imported when the parser is built), one line per format.
+Formats are sub-commands. Each is a function that takes the formats' sub-parsers object, adds its parser (with
+``common.add_command``) and sets ``func``; ``FORMATS`` lists them as ``"module:function"`` (imported when the
+parser is built), one line per format.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import importlib
 from typing import Any
 
+from .common import add_command
+
 FORMATS = (
     "longclip.cli.export:add_onnx",
     "longclip.cli.export:add_open_clip",
@@ -17,8 +20,11 @@ FORMATS = (
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "export", help="export a model to ONNX, open_clip, ...", description=__doc__.split("\n")[0].split(": ", 1)[1]
+    parser = add_command(
+        commands,
+        "export",
+        help="export a model to ONNX, open_clip, ...",
+        description=__doc__.split("\n")[0].split(": ", 1)[1],
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
     for entry in FORMATS:
@@ -27,7 +33,8 @@ def register(commands: Any) -> None:
 
 
 def add_onnx(formats: Any) -> None:
-    parser = formats.add_parser(
+    parser = add_command(
+        formats,
         "onnx",
         help="text and vision towers as ONNX models, with tokenizer and preprocessing files",
         description="Export the text and vision towers as ONNX (dynamic batch and sequence axes), check "
@@ -51,7 +58,8 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def add_open_clip(formats: Any) -> None:
-    parser = formats.add_parser(
+    parser = add_command(
+        formats,
         "open_clip",
         help="open_clip_config.json + weights that open_clip loads with 'local-dir:DIR'",
         description="Write open_clip_config.json and open_clip_model.safetensors, for "

@@ -7,7 +7,8 @@ import json
 import os
 from typing import Any
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+from .common import add_command, add_model_flags, load_model
+
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")  # longclip.integrations.index.INDEX_KINDS (not imported: fast --help)
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -24,13 +25,8 @@ previous complete one or the new complete one.
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
-    """--model / --device / --dtype / --runtime for the search commands (the index remembers its model)."""
-    help_model = "checkpoint (.pt, directory, hub id) or an ONNX export"
-    if not model_required:
-        help_model += " (default: the model that built the index)"
-    parser.add_argument("--model", "-m", required=model_required, default=None, metavar="M", help=help_model)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default: cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weight dtype (default: as longclip.load, auto)")
+    """The shared model flags (--model may also name an ONNX export) and --runtime."""
+    add_model_flags(parser, required=model_required, batch_size=32)
     parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -40,27 +36,29 @@ def add_runtime_flags(parser: argparse.ArgumentParser, model_required: bool) -> 
 
 
 def load_search_model(args: argparse.Namespace, model_id: str) -> Any:
-    """The model ``args`` names (or ``model_id``), on the runtime asked for."""
-    from ..integrations.onnx_export import load_with_runtime
+    """The model ``args`` names (or ``model_id``, the index's), on the runtime asked for."""
+    from ..integrations.onnx_export import is_onnx_directory, load_with_runtime
 
-    device = args.device
-    if device.startswith("cuda") and "LOCAL_RANK" in os.environ and ":" not in device:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"  # under torchrun each rank takes its own GPU
-    return load_with_runtime(model_id, runtime=args.runtime, device=device, dtype=args.dtype)
+    if args.runtime == "onnx" or (args.runtime == "auto" and is_onnx_directory(model_id)):
+        return load_with_runtime(model_id, runtime="onnx", device="cpu", dtype="float32")
+    if args.runtime == "torch" and is_onnx_directory(model_id):
+        raise ValueError(f"{model_id} is an ONNX export: run it with --runtime onnx (or auto)")
+    if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ and ":" not in args.device:
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # under torchrun each rank takes its own GPU
+    return load_model(argparse.Namespace(**{**vars(args), "model": model_id}))
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "index",
         help="build or update a searchable index of an image folder",
         description=__doc__.split("\n")[0].split(": ", 1)[1],
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image_dir", metavar="IMAGE_DIR", help="folder of images (searched recursively)")
     parser.add_argument("--out", "-o", required=True, metavar="INDEX", help="index directory (created or updated)")
     add_runtime_flags(parser, model_required=True)
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass")
     parser.add_argument(
         "--kind",
         choices=INDEX_KINDS,
@@ -75,8 +73,6 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..integrations.index import build_index
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not os.path.isdir(args.image_dir):
         raise FileNotFoundError(f"image folder {args.image_dir} does not exist or is not a directory")
     model = load_search_model(args, args.model)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import add_command
+
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "push",
         help="upload a model with a generated model card to the Hugging Face hub",
         description=__doc__.split("\n")[0].split(": ", 1)[1],

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from .common import add_command
 from .index import add_runtime_flags, load_search_model
 
 _EPILOG = """\
@@ -18,12 +19,12 @@ Texts longer than the model's context are read whole, in chunks whose embeddings
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "search",
         help="search an index with a text or an image",
         description=__doc__.split("\n")[0].split(": ", 1)[1],
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("index", metavar="INDEX", help="index directory (longclip index)")
     parser.add_argument("query", nargs="?", metavar="TEXT", help="a description of the picture, of any length")

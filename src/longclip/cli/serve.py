@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import add_command
 from .index import add_runtime_flags, load_search_model
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "serve",
         help="serve a local search page for an index",
         description=__doc__.split("\n")[0].split(": ", 1)[1],
