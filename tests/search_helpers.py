@@ -18,9 +18,9 @@ COLOURS = {
 }
 
 
-def save_tiny_model(directory: Path, seed: int = 0) -> Path:
+def save_tiny_model(directory: Path, seed: int = 0, context: int = 248) -> Path:
     """A tiny random CLIP saved as a transformers directory that ``longclip.load`` reads."""
-    tiny_clip(seed=seed).save_pretrained(directory)
+    tiny_clip(context, seed=seed).save_pretrained(directory)
     return directory
 
 

@@ -254,6 +254,10 @@ def test_model_mismatch_is_a_clear_error(photos_dir, tmp_path, model, model_dir)
     assert report.total == 6 and ImageIndex.open(out).model_id == str(other_dir)
     # the same weights in another dtype are the same model
     ImageIndex.open(out).check_model(longclip.load(other_dir, dtype="bfloat16")[0])
+    # a shorter text context is another model, even where it embeds the probes alike
+    short = longclip.load(save_tiny_model(tmp_path / "short", seed=1, context=77))[0]
+    with pytest.raises(ModelMismatchError, match="248- vs a 77-token text context"):
+        ImageIndex.open(out).check_model(short)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])

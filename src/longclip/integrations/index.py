@@ -52,7 +52,9 @@ AUTO_APPROXIMATE_FROM = 100_000  # below this many vectors an exact search is fa
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 PROBE_TEXT = "a red bicycle leaning against a blue door, a cat asleep on the step, afternoon light"
-SAME_MODEL_COSINE = 0.98  # same weights in float16 vs float32 agree to ~0.999; different models score near 0
+# Same weights in bfloat16/float16 vs float32 agree to ~0.999; unrelated models score near 0. A model this close to the
+# indexing one (e.g. a few fine-tuning steps away) ranks images the same way, so it is accepted whatever its name.
+SAME_MODEL_COSINE = 0.99
 
 
 class IndexFormatError(ValueError):
@@ -214,25 +216,35 @@ def fingerprint_similarity(a: dict[str, Any], b: dict[str, Any]) -> float:
         return -1.0
     dim = a["embed_dim"]
     pa, pb = np.asarray(a["probe"], np.float64), np.asarray(b["probe"], np.float64)
-    text = float(pa[:dim] @ pb[:dim])
-    image = float(pa[dim:] @ pb[dim:])
-    return min(text, image)
+
+    def cosine(x: np.ndarray, y: np.ndarray) -> float:  # the stored probes are rounded: normalize again
+        return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-12))
+
+    return min(cosine(pa[:dim], pb[:dim]), cosine(pa[dim:], pb[dim:]))
+
+
+def model_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why two fingerprints belong to different models (embedding width, text context, probe embeddings), or None."""
+    if current["embed_dim"] != stored["embed_dim"]:
+        return f"{stored['embed_dim']}- vs {current['embed_dim']}-dimensional embeddings"
+    if current["context_length"] != stored["context_length"]:
+        return f"a {stored['context_length']}- vs a {current['context_length']}-token text context"
+    similarity = fingerprint_similarity(stored, current)
+    if similarity < SAME_MODEL_COSINE:
+        return (
+            f"different embeddings (fingerprint {stored['digest']} vs {current['digest']}, probe cosine "
+            f"{similarity:.3f} < {SAME_MODEL_COSINE})"
+        )
+    return None
 
 
 def check_same_model(stored: dict[str, Any], stored_id: str, model: Any, model_id: str | None) -> None:
     """Raise ``ModelMismatchError`` unless ``model`` computes the embeddings the stored fingerprint records."""
-    current = model_fingerprint(model)
-    if current["embed_dim"] != stored["embed_dim"]:
+    difference = model_difference(stored, model_fingerprint(model))
+    if difference:
         raise ModelMismatchError(
-            f"the index was built with {stored_id} ({stored['embed_dim']}-dimensional embeddings); the model "
-            f"{model_id or 'given'} makes {current['embed_dim']}-dimensional ones: search with {stored_id}"
-        )
-    similarity = fingerprint_similarity(stored, current)
-    if similarity < SAME_MODEL_COSINE:
-        raise ModelMismatchError(
-            f"the index was built with {stored_id} (fingerprint {stored['digest']}); the model "
-            f"{model_id or 'given'} (fingerprint {current['digest']}) embeds differently (probe cosine "
-            f"{similarity:.3f} < {SAME_MODEL_COSINE}): search with {stored_id}, or re-index with --rebuild"
+            f"the index was built with {stored_id}, not with the model {model_id or 'given'} ({difference}): "
+            f"search with {stored_id}, or re-index with --rebuild"
         )
 
 
@@ -621,10 +633,11 @@ def _existing(out: Path, fingerprint: dict, model_id: str) -> ImageIndex | None:
     if manifest is None:
         return None
     stored = manifest["model"]
-    if fingerprint_similarity(stored, fingerprint) < SAME_MODEL_COSINE:
+    difference = model_difference(stored, fingerprint)
+    if difference:
         raise ModelMismatchError(
-            f"{out} was built with {stored['id']} (fingerprint {stored['digest']}); {model_id} (fingerprint "
-            f"{fingerprint['digest']}) embeds differently: use another --out, or --rebuild to re-embed everything"
+            f"{out} was built with {stored['id']}, not with {model_id} ({difference}): use another --out, or "
+            "--rebuild to re-embed everything"
         )
     try:
         return ImageIndex.open(out)
@@ -657,7 +670,7 @@ def _prepare_work(work: Path, fingerprint: dict) -> None:
     model_file = work / "model.json"
     if model_file.is_file():
         stored = json.loads(model_file.read_text(encoding="utf-8"))
-        if fingerprint_similarity(stored, fingerprint) >= SAME_MODEL_COSINE:
+        if model_difference(stored, fingerprint) is None:
             return
         logger.info("discarding the interrupted run's embeddings: another model made them")
         for part in work.glob("part-*.npz"):
