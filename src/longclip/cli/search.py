@@ -43,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     index = ImageIndex.open(args.index)
-    model = load_search_model(args, args.model or index.model_id)
+    model_id = args.model or index.model_id
+    model = load_search_model(args, model_id)
+    index.check_model(model, model_id)
     if args.query is not None:
-        hits = index.search_text(model, args.query, k=args.k)
+        hits = index.search_text(model, args.query, k=args.k, check=False)
     else:
-        hits = index.search_image(model, args.image, k=args.k)
+        hits = index.search_image(model, args.image, k=args.k, check=False)
     if args.json:
         print(json.dumps(format_hits(hits), indent=2))
         return 0
