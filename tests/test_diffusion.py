@@ -296,23 +296,10 @@ def test_export_ldm_layout_is_read_by_diffusers_single_file_conversion(tmp_path)
 
 
 def cli(argv: list[str]) -> int:
-    """Run ``generate`` / ``export text-encoder`` through argparse as ``longclip`` registers them.
+    """Run ``generate`` / ``export text-encoder`` through the ``longclip`` command (``--debug``: errors raise)."""
+    from longclip.cli import main
 
-    Through ``longclip.cli.main`` once the command groups list ``generate``; until then a parser built from the same
-    ``register`` functions (``main`` turns the errors raised here into one-line messages).
-    """
-    generate = pytest.importorskip("longclip.cli.generate", reason="the longclip.cli package is not on this branch")
-    import argparse
-
-    from longclip.cli import common
-
-    parser = argparse.ArgumentParser(prog="longclip")
-    common.add_common_flags(parser, suppress=False)
-    commands = parser.add_subparsers(required=True)
-    generate.register(commands)
-    generate.register_export_text_encoder(commands.add_parser("export").add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(["--debug", *argv])
 
 
 @pytest.fixture(scope="module")
