@@ -84,25 +84,113 @@ class OriginalCLIPTokenizer:
 
 _FRAGMENTS = [
     # scripts
-    "ΟΔΥΣΣΕΥΣ", "Σίσυφος", "ΣΑΣ.", "Straße", "İstanbul", "ǅemal", "Ǆ", "ﬁnance", "Привет, МИР", "日本語のテキスト",
-    "한국어", "العربية", "עברית", "हिन्दी", "ไทย", "ᏣᎳᎩ", "𝐁𝐨𝐥𝐝", "Ⅻ", "①②", "½", "٣٤", "१२३", "𝟗",
+    "ΟΔΥΣΣΕΥΣ",
+    "Σίσυφος",
+    "ΣΑΣ.",
+    "Straße",
+    "İstanbul",
+    "ǅemal",
+    "Ǆ",
+    "ﬁnance",
+    "Привет, МИР",
+    "日本語のテキスト",
+    "한국어",
+    "العربية",
+    "עברית",
+    "हिन्दी",
+    "ไทย",
+    "ᏣᎳᎩ",
+    "𝐁𝐨𝐥𝐝",
+    "Ⅻ",
+    "①②",
+    "½",
+    "٣٤",
+    "१२३",
+    "𝟗",
     # emoji and symbols
-    "😀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "©", "™", "→", "∑", "°C", "€5",
+    "😀",
+    "👍🏽",
+    "👨‍👩‍👧",
+    "🇫🇷",
+    "❤️",
+    "©",
+    "™",
+    "→",
+    "∑",
+    "°C",
+    "€5",
     # entities, with and without semicolons, nested
-    "&amp;", "&amp", "&lt;&gt;", "&eacute", "&eacute;", "&amp;amp;", "&#39;", "&#x27", "&nbsp;", "&copy", "&notin;",
+    "&amp;",
+    "&amp",
+    "&lt;&gt;",
+    "&eacute",
+    "&eacute;",
+    "&amp;amp;",
+    "&#39;",
+    "&#x27",
+    "&nbsp;",
+    "&copy",
+    "&notin;",
     # combining marks
-    "\u0301", "\u0308", "\u0327", "e\u0301", "\u0345", "\u20dd", "\u093f",
+    "\u0301",
+    "\u0308",
+    "\u0327",
+    "e\u0301",
+    "\u0345",
+    "\u20dd",
+    "\u093f",
     # special-token literals glued to things
-    "<|endoftext|>", "<|startoftext|>", "<|endoftext|>.", ".<|endoftext|>", "<|ENDOFTEXT|>", "<|endoftext|>a",
-    "<|end", "of", "text|>",
+    "<|endoftext|>",
+    "<|startoftext|>",
+    "<|endoftext|>.",
+    ".<|endoftext|>",
+    "<|ENDOFTEXT|>",
+    "<|endoftext|>a",
+    "<|end",
+    "of",
+    "text|>",
     # contractions and apostrophes
-    "'s", "'S", "it's", "don't", "we'RE", "’s", "''",
+    "'s",
+    "'S",
+    "it's",
+    "don't",
+    "we'RE",
+    "’s",
+    "''",
     # whitespace kinds
-    " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\x1c", "\x85", "\u200b", "\r\n",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\u00a0",
+    "\u2003",
+    "\u3000",
+    "\x1c",
+    "\x85",
+    "\u200b",
+    "\r\n",
     # digits, punctuation, mojibake
-    "123", "3.14", "1,000", "!!", "...", "--", "Ã©", "â€™", "\ufeff", "\x00", "\x7f",
+    "123",
+    "3.14",
+    "1,000",
+    "!!",
+    "...",
+    "--",
+    "Ã©",
+    "â€™",
+    "\ufeff",
+    "\x00",
+    "\x7f",
     # ordinary words
-    "a", "photo", "of", "the", "cat", "Dog", "running", "UPPER", "MiXeD",
+    "a",
+    "photo",
+    "of",
+    "the",
+    "cat",
+    "Dog",
+    "running",
+    "UPPER",
+    "MiXeD",
 ]
 
 
@@ -112,8 +200,12 @@ def _random_texts(count: int, seed: int) -> list[str]:
     for _ in range(count):
         pieces = rng.choices(_FRAGMENTS, k=rng.randint(1, 8))
         if rng.random() < 0.3:  # random code points from anywhere in the BMP and beyond
-            pieces.append("".join(chr(rng.choice([rng.randint(0x20, 0x2FFF), rng.randint(0x1F300, 0x1FAFF)]))
-                                  for _ in range(rng.randint(1, 4))))
+            pieces.append(
+                "".join(
+                    chr(rng.choice([rng.randint(0x20, 0x2FFF), rng.randint(0x1F300, 0x1FAFF)]))
+                    for _ in range(rng.randint(1, 4))
+                )
+            )
         sep = rng.choice(["", " ", "", "\t"])
         texts.append(sep.join(pieces))
     return texts
@@ -148,7 +240,7 @@ def test_known_hard_cases(text: str, reference: OriginalCLIPTokenizer, tokenizer
 def test_thousands_of_random_texts(reference: OriginalCLIPTokenizer, tokenizer: LongCLIPTokenizer) -> None:
     texts = _random_texts(3000, seed=10)
     ours = tokenizer.encode(texts)
-    mismatches = [(t, o) for t, o in zip(texts, ours) if o != reference.encode(t)]
+    mismatches = [(t, o) for t, o in zip(texts, ours, strict=True) if o != reference.encode(t)]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, e.g. {mismatches[:3]!r}"
 
 

@@ -83,17 +83,18 @@ def clean_text(text: str) -> str:
 
 # OpenAI CLIP's pre-tokenizer pattern, applied (with IGNORECASE) to lowercased text by the original tokenizer.
 _SPLIT_PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
 )
 
 
 class _OriginalBPE:
-    """OpenAI CLIP's tokenization of cleaned text, in Python: lowercase, split, byte symbols, lowest-rank BPE merges."""
+    """OpenAI CLIP's tokenization of cleaned text in Python: lowercase, split, byte symbols, lowest-rank merges."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
         self.vocab = vocab
         self.ranks = {merge: i for i, merge in enumerate(merges)}
-        self.byte_symbol = dict(zip(_byte_order(), _byte_symbols()))
+        self.byte_symbol = dict(zip(_byte_order(), _byte_symbols(), strict=True))
         self.cache: dict[str, list[int]] = {SOT_TOKEN: [SOT_ID], EOT_TOKEN: [EOT_ID]}
 
     def encode(self, cleaned: str) -> list[int]:
@@ -111,7 +112,7 @@ class _OriginalBPE:
         symbols = [self.byte_symbol[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
         while len(symbols) > 1:
-            pairs = zip(symbols, symbols[1:])
+            pairs = zip(symbols, symbols[1:], strict=False)
             best = min(pairs, key=lambda pair: self.ranks.get(pair, _NUM_MERGES))
             if best not in self.ranks:
                 break
@@ -163,7 +164,7 @@ class LongCLIPTokenizer:
         cleaned = [clean_text(t) for t in _as_list(texts)]
         result: list[list[int]] = [[] for _ in cleaned]
         fast = [i for i, text in enumerate(cleaned) if not _needs_original_path(text)]
-        for i, encoding in zip(fast, self._backend.encode_batch([cleaned[i] for i in fast])):
+        for i, encoding in zip(fast, self._backend.encode_batch([cleaned[i] for i in fast]), strict=True):
             result[i] = encoding.ids
         for i, text in enumerate(cleaned):
             if _needs_original_path(text):
