@@ -45,8 +45,9 @@ def test_the_bound_scales_with_the_output_size(tmp_path: Path, bounded) -> None:
 
 
 def test_skip_errors_skips_an_aspect_ratio_bomb(tmp_path: Path, bounded) -> None:
+    from conftest import tiny_clip  # tests/conftest.py: this folder is a package, so its conftest is not 'conftest'
+
     from longclip import LongCLIPModel
-    from tests.conftest import tiny_clip
 
     bomb = _tiny_png(tmp_path / "bomb.png", 100_000, 1)
     good = _tiny_png(tmp_path / "good.png", 40, 30)

@@ -351,8 +351,24 @@ def _load_urban1k(root: _Root) -> RetrievalSet:
             raise root.malformed(f"caption/{file.name} is empty or starts with an empty line")
         texts.append(lines[0].strip())  # Long-CLIP's Urban1k.py: f.readlines()[0]
         images.append(str(image_dir / f"{file.stem}.jpg"))
+    _warn_uncaptioned(root, image_dir, {Path(image).name for image in images})
     protocol = f"Urban-1k: {len(images):,} images, one long caption each (first line of caption/N.txt), as Long-CLIP"
     return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))))
+
+
+def _warn_uncaptioned(root: _Root, image_dir: Path, listed: set[str]) -> None:
+    """Warn about image files that no caption refers to: they are not evaluated, which a user should know."""
+    extra = sorted(
+        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in listed
+    )
+    if extra:
+        logger.warning(
+            "%s: %d image file(s) in %s have no caption and are not evaluated (first: %s)",
+            root.name,
+            len(extra),
+            image_dir,
+            extra[0],
+        )
 
 
 def _natural_key(path: Path) -> tuple[Any, ...]:
