@@ -80,8 +80,9 @@ def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[Captioned
 
     Raises:
         FileNotFoundError: ``json_path`` does not exist.
-        ValueError: The file is not a json list, or a record lacks an image path or a non-empty caption (the
-            message names the record index and what is missing).
+        ValueError: The file is not UTF-8 or not json (or nested too deeply to parse), is not a json list, or a
+            record lacks an image path or a non-empty caption (the message names the record index and what is
+            missing).
     """
     json_path = Path(json_path)
     text = _read_text(json_path)
@@ -140,8 +141,11 @@ def read_caption_table(path: PathLike, image_root: PathLike | None = None) -> li
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: A required column is missing (the message names the file, the column and the columns found), or
-            a row is too short or has an empty image or caption cell (the message names the line).
+        PermissionError: ``path`` cannot be read.
+        ValueError: The file is not UTF-8; a required column is missing (the message names the file, the column and
+            the columns found); a row has more or fewer fields than the header (an unquoted delimiter), an unclosed
+            or stray quote, a field over csv's size limit, or an empty image or caption cell (the message names the
+            file and the line).
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
