@@ -569,18 +569,8 @@ def validate_preprocessing(image_processor: Any, image_size: int | None = None) 
         ValueError: A setting is invalid; the message names the field and its value.
     """
     settings = image_processor
-    for field in ("image_mean", "image_std"):
-        if not getattr(settings, "do_normalize", False):
-            break
-        raw = getattr(settings, field, None)
-        try:
-            values = _per_channel(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} must be 3 numbers (one per channel), got {raw!r}") from None
-        if len(values) != 3 or not all(np.isfinite(values)):
-            raise ValueError(f"{field} must be 3 finite numbers (one per channel), got {raw!r}")
-        if field == "image_std" and not all(v > 0 for v in values):
-            raise ValueError(f"image_std must be positive in every channel (it divides the pixels), got {raw!r}")
+    if getattr(settings, "do_normalize", False):
+        _check_mean_std(settings)
     if getattr(settings, "do_rescale", False):
         factor = getattr(settings, "rescale_factor", None)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) or factor <= 0:
@@ -604,6 +594,20 @@ def validate_preprocessing(image_processor: Any, image_size: int | None = None) 
             "(crop_size / size in preprocessor_config.json)"
         )
     return side
+
+
+def _check_mean_std(settings: Any) -> None:
+    """image_mean and image_std: three finite numbers each, std positive (it divides the pixels)."""
+    for field in ("image_mean", "image_std"):
+        raw = getattr(settings, field, None)
+        try:
+            values = _per_channel(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field} must be 3 numbers (one per channel), got {raw!r}") from None
+        if len(values) != 3 or not all(np.isfinite(values)):
+            raise ValueError(f"{field} must be 3 finite numbers (one per channel), got {raw!r}")
+        if field == "image_std" and not all(v > 0 for v in values):
+            raise ValueError(f"image_std must be positive in every channel (it divides the pixels), got {raw!r}")
 
 
 def _checked_size(settings: Any, field: str, single_keys: tuple[str, ...]) -> dict[str, int]:
