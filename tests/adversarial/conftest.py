@@ -45,7 +45,7 @@ DEFAULT_MEMORY_MB = 768
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = os.path.dirname(__file__)
     for item in items:
-        if str(item.fspath).startswith(here):
+        if str(item.path).startswith(here + os.sep):
             item.add_marker(pytest.mark.adversarial)
 
 
