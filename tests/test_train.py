@@ -1,5 +1,6 @@
 """Fine-tuning: the objective against hand computations, and whole runs (resume, DDP, failures) on tiny data."""
 
+import copy
 import csv
 import dataclasses
 import json
@@ -115,6 +116,69 @@ def test_svd_failure_skips_the_short_loss_and_is_counted(monkeypatch):
     out = objective(image, long, short, torch.tensor(10.0))
     assert objective.svd_failures == 1 and out.parts["svd_failed"] == 1.0
     torch.testing.assert_close(out.loss, contrastive_loss(image, long, torch.tensor(10.0), 0.1))
+
+
+def _one_batch(dataset, model, size=6):
+    pairs = PairDataset(read_pairs(dataset / "pairs.csv"), model.image_transform)
+    return CaptionCollator(model.tokenizer)([pairs[i] for i in range(size)])
+
+
+def _original_long_clip_loss(model, batch, components):
+    """One step of the original Long-CLIP ``train.py`` / ``model_longclip.py``, written out independently."""
+    image = model.encode_image(batch["pixels"])
+    long_text = model.encode_text(batch["long_ids"])
+    short_text = model.encode_text(batch["short_ids"])
+    image = image / image.norm(dim=1, keepdim=True)
+    long_text = long_text / long_text.norm(dim=1, keepdim=True)
+    short_text = short_text / short_text.norm(dim=1, keepdim=True)
+    # model_longclip.PCA: centre, SVD (with gradient), project on the top components, add the mean back.
+    mean = torch.mean(image, dim=0)
+    centred = (image - mean.unsqueeze(0)).float()
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    principal = vt.T[:, :components]
+    image_short = torch.mm(torch.mm(centred, principal), principal.T) + mean
+    scale = model.logit_scale.exp()
+    labels = torch.arange(image.shape[0])
+
+    def loss(images, texts):
+        i2t, t2i = scale * images @ texts.T, scale * texts @ images.T
+        smoothing = 0.1
+        return (
+            F.cross_entropy(i2t, labels, label_smoothing=smoothing)
+            + F.cross_entropy(t2i, labels, label_smoothing=smoothing)
+        ) / 2
+
+    return loss(image, long_text) + loss(image_short, short_text)
+
+
+@pytest.mark.parametrize("pcm_gradient", ["through-svd", "detached"])
+def test_one_step_matches_the_original_loss_and_every_gradient(dataset, tmp_path, pcm_gradient):
+    from longclip.train.tasks import get_task
+
+    task_class = get_task("longclip")
+    config, options = _config(dataset, tmp_path, pca_components=3, pcm_gradient=pcm_gradient)
+    model = task_class.prepare_model(config, options)
+    reference = copy.deepcopy(model)
+    task = task_class(model, options)
+    batch = _one_batch(dataset, model)
+
+    out = task(batch)
+    out.loss.backward()
+    expected = _original_long_clip_loss(reference, batch, components=3)
+    expected.backward()
+    assert abs(float(out.loss.detach()) - float(expected.detach())) < 1e-5
+    grads = dict(task.model.named_parameters())
+    differ = []
+    for name, parameter in reference.named_parameters():
+        if parameter.grad is None:
+            assert grads[name].grad is None, name
+            continue
+        if not torch.allclose(grads[name].grad, parameter.grad, atol=1e-5, rtol=1e-4):
+            differ.append(name)
+    if pcm_gradient == "through-svd":  # the default: every gradient is the original's
+        assert differ == [] and LongCLIPOptions().pcm_gradient == "through-svd"
+    else:  # the documented option: same loss, but the image tower's gradient ignores how the directions move
+        assert differ and all(name.startswith(("clip.vision_model", "clip.visual_projection")) for name in differ)
 
 
 # --- whole runs -----------------------------------------------------------------------------------------------------

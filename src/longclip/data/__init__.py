@@ -5,7 +5,7 @@ Index-based sources (:func:`read_pairs` and friends) give lists of :class:`Capti
 ``longclip[webdataset]``). Both yield the same items, which :class:`CaptionCollator` turns into batches.
 """
 
-from longclip.data.captions import ABBREVIATIONS, first_sentence
+from longclip.data.captions import ABBREVIATIONS, SHORT_CAPTION_RULES, first_sentence, original_short_caption
 from longclip.data.pairs import (
     CaptionCollator,
     CaptionedImage,
@@ -20,11 +20,13 @@ from longclip.data.webdataset import IMAGE_EXTENSIONS, WebDatasetPairs, webdatas
 __all__ = [
     "ABBREVIATIONS",
     "IMAGE_EXTENSIONS",
+    "SHORT_CAPTION_RULES",
     "CaptionCollator",
     "CaptionedImage",
     "PairDataset",
     "WebDatasetPairs",
     "first_sentence",
+    "original_short_caption",
     "read_caption_table",
     "read_pairs",
     "read_sharegpt4v",

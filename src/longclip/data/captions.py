@@ -1,16 +1,20 @@
 """Caption helpers: the short caption that Long-CLIP pairs with each long one.
 
 Long-CLIP trains on (image, long caption) pairs and, for its primary-component-matching loss, also needs a short
-caption per image. Its training code takes the long caption's first sentence (``caption.split(".")[0]``), which
-breaks on "Mr. Smith", "3.5 m" or "e.g."; :func:`first_sentence` does the same job with a few rules that survive
-real ShareGPT4V-style captions.
+caption per image. Two rules make one from the long caption (:data:`SHORT_CAPTION_RULES`):
+
+* ``"original"`` -- :func:`original_short_caption`, the original training code's rule, ``caption.split(". ")[0]``:
+  everything before the first period followed by a space, without that period. It cuts "Mr. Smith" after "Mr" and
+  "e.g. a dog" after "e.g", and keeps a whole second sentence when the first ends with "!" or "?".
+* ``"sentence"`` (the default) -- :func:`first_sentence`, the first sentence by a few rules that survive real
+  ShareGPT4V-style captions (abbreviations, initials, numbers, ``!``/``?``, ellipses), its final mark kept.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["ABBREVIATIONS", "first_sentence"]
+__all__ = ["ABBREVIATIONS", "SHORT_CAPTION_RULES", "first_sentence", "original_short_caption"]
 
 ABBREVIATIONS: frozenset[str] = frozenset(
     {"mr", "mrs", "ms", "dr", "st", "mt", "jr", "sr", "vs", "etc", "e.g", "i.e", "approx", "no", "fig"}
@@ -80,3 +84,12 @@ def _continues_lowercase(text: str, end: int) -> bool:
     """Whether the word after position ``end`` (past the space) starts with a lower-case letter."""
     rest = text[end:].lstrip().lstrip(_OPENERS)
     return bool(rest) and rest[0].islower()
+
+
+def original_short_caption(text: str) -> str:
+    """The original Long-CLIP training code's short caption: ``text.split(". ")[0]`` (no other change)."""
+    return text.split(". ")[0]
+
+
+SHORT_CAPTION_RULES = {"sentence": first_sentence, "original": original_short_caption}
+"""Short-caption rules by name (``--short-caption``)."""

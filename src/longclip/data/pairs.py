@@ -64,7 +64,9 @@ class CaptionedImage:
     short_caption: str
 
 
-def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[CaptionedImage]:
+def read_sharegpt4v(
+    json_path: PathLike, image_root: PathLike, short_caption: Callable[[str], str] = first_sentence
+) -> list[CaptionedImage]:
     """Read a ShareGPT4V caption file.
 
     The file is a json list of records such as ``{"id": ..., "image": "coco/train2017/x.jpg", "conversations":
@@ -74,6 +76,7 @@ def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[Captioned
     Args:
         json_path: The json file.
         image_root: Folder the records' image paths are relative to (absolute image paths are kept).
+        short_caption: The rule that makes the short caption from the long one (see ``SHORT_CAPTION_RULES``).
 
     Returns:
         One :class:`CaptionedImage` per record, in file order.
@@ -98,7 +101,7 @@ def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[Captioned
     pairs = []
     for index, record in enumerate(records):
         image, caption = _sharegpt4v_fields(record, index, json_path)
-        pairs.append(CaptionedImage(os.path.join(image_root, image), caption, first_sentence(caption)))
+        pairs.append(CaptionedImage(os.path.join(image_root, image), caption, short_caption(caption)))
     logger.info("read %d pairs from %s", len(pairs), json_path)
     return pairs
 
@@ -124,7 +127,9 @@ def _sharegpt4v_fields(record: Any, index: int, json_path: Path) -> tuple[str, s
     return image, caption.strip()
 
 
-def read_caption_table(path: PathLike, image_root: PathLike | None = None) -> list[CaptionedImage]:
+def read_caption_table(
+    path: PathLike, image_root: PathLike | None = None, short_caption: Callable[[str], str] = first_sentence
+) -> list[CaptionedImage]:
     """Read a CSV or TSV table of image paths and captions.
 
     The table has a header row with the columns ``image`` and ``caption`` and optionally ``short_caption`` (an empty
@@ -182,7 +187,7 @@ def read_caption_table(path: PathLike, image_root: PathLike | None = None) -> li
         if not caption:
             raise ValueError(f"{where}: empty 'caption' cell")
         short = row[short_col].strip() if short_col is not None else ""
-        pairs.append(CaptionedImage(str(root / image), caption, short or first_sentence(caption)))
+        pairs.append(CaptionedImage(str(root / image), caption, short or short_caption(caption)))
     logger.info("read %d pairs from %s", len(pairs), path)
     return pairs
 
@@ -230,7 +235,9 @@ def _sniff_delimiter(handle: Any, path: Path) -> str:
         return ","
 
 
-def read_pairs(source: PathLike, image_root: PathLike | None = None) -> list[CaptionedImage]:
+def read_pairs(
+    source: PathLike, image_root: PathLike | None = None, short_caption: Callable[[str], str] = first_sentence
+) -> list[CaptionedImage]:
     """Read image/caption pairs from a file, choosing the reader by its suffix.
 
     ``.json`` is read as ShareGPT4V (:func:`read_sharegpt4v`), ``.csv``, ``.tsv`` and ``.tab`` as a caption table
@@ -240,6 +247,8 @@ def read_pairs(source: PathLike, image_root: PathLike | None = None) -> list[Cap
     Args:
         source: The caption file.
         image_root: Folder relative image paths are resolved against; defaults to the caption file's folder.
+        short_caption: The rule that makes a short caption where the source gives none
+            (``longclip.data.SHORT_CAPTION_RULES``: :func:`first_sentence` by default).
 
     Returns:
         The pairs, in file order.
@@ -251,9 +260,9 @@ def read_pairs(source: PathLike, image_root: PathLike | None = None) -> list[Cap
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in _JSON_SUFFIXES:
-        return read_sharegpt4v(path, image_root if image_root is not None else path.parent)
+        return read_sharegpt4v(path, image_root if image_root is not None else path.parent, short_caption)
     if suffix in _TABLE_DELIMITERS:
-        return read_caption_table(path, image_root)
+        return read_caption_table(path, image_root, short_caption)
     raise ValueError(
         f"unsupported caption file {str(path)!r}: expected one of {_SUPPORTED} (ShareGPT4V json or a CSV/TSV table "
         "with 'image' and 'caption' columns); for webdataset tar shards use longclip.data.webdataset_pairs"

@@ -54,6 +54,7 @@ def webdataset_pairs(
     world_size: int = 1,
     shuffle_buffer: int = 0,
     seed: int = 0,
+    short_caption: Callable[[str], str] = first_sentence,
 ) -> WebDatasetPairs:
     """Stream image/caption pairs from webdataset tar shards, reading only this rank's share of them.
 
@@ -79,6 +80,8 @@ def webdataset_pairs(
             many samples. 0 streams shards and samples in order.
         seed: Seed of the shuffling, combined with the epoch (:meth:`WebDatasetPairs.set_epoch`), the rank and the
             worker, so runs are reproducible.
+        short_caption: The rule that makes a short caption where a sample has no ``short.txt``
+            (``longclip.data.SHORT_CAPTION_RULES``).
 
     Returns:
         A :class:`WebDatasetPairs` iterable dataset.
@@ -94,8 +97,9 @@ def webdataset_pairs(
         urls = [urls]
     shards = [shard for url in urls for shard in wds.shardlists.expand_urls(os.fspath(url))]
     return WebDatasetPairs(
-        shards, transform, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, seed=seed
-    )
+        shards, transform, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, seed=seed,
+        short_caption=short_caption,
+    )  # fmt: skip
 
 
 class WebDatasetPairs(IterableDataset):
@@ -122,6 +126,7 @@ class WebDatasetPairs(IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 0,
         seed: int = 0,
+        short_caption: Callable[[str], str] = first_sentence,
     ) -> None:
         """Check the settings; see :func:`webdataset_pairs` for the arguments."""
         super().__init__()
@@ -144,6 +149,7 @@ class WebDatasetPairs(IterableDataset):
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        self.short_caption = short_caption
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -218,7 +224,7 @@ class WebDatasetPairs(IterableDataset):
         if not caption:
             logger.warning("skipping %s: its caption is empty", where)
             return None
-        short_caption = _decode_text(sample.get(_SHORT_CAPTION_KEY, b"")) or first_sentence(caption)
+        short_caption = _decode_text(sample.get(_SHORT_CAPTION_KEY, b"")) or self.short_caption(caption)
         try:
             pixels = self.transform(sample[image_key])
         except ImageLoadError as exc:

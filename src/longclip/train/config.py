@@ -37,7 +37,17 @@ class TrainConfig:
     seed: int = _opt(0, "seed for data order and initialisation")
     precision: Literal["fp32", "bf16", "fp16"] = _opt("fp32", "autocast precision", choices=["fp32", "bf16", "fp16"])
 
-    val_rows: int = _opt(0, "hold out the first N rows for validation (ShareGPT4V-1k: 1000)")
+    val_rows: int | str = _opt(
+        "auto",
+        "hold out the first N rows for validation; 'auto': 1000 for ShareGPT4V json (ShareGPT4V-1k, as the "
+        "original), 0 for other data",
+    )
+    short_caption: Literal["sentence", "original"] = _opt(
+        "sentence",
+        "short caption where the data gives none: 'sentence' (first sentence, abbreviation-aware) or "
+        "'original' (the original code's caption.split('. ')[0])",
+        choices=["sentence", "original"],
+    )
     max_bad_fraction: float = _opt(0.01, "fail if more than this share of images cannot be read")
     num_workers: int = _opt(2, "data-loading worker processes per rank")
     samples_per_epoch: int | None = _opt(None, "epoch length for webdataset streams (required for them)")
@@ -69,6 +79,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1 (or unset), got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.val_rows != "auto":
+            try:
+                self.val_rows = int(self.val_rows)
+            except (TypeError, ValueError):
+                raise ValueError(f"val_rows must be 'auto' or a number of rows, got {self.val_rows!r}") from None
+            if self.val_rows < 0:
+                raise ValueError(f"val_rows must not be negative, got {self.val_rows}")
+        if self.short_caption not in ("sentence", "original"):
+            raise ValueError(f"short_caption must be 'sentence' or 'original', got {self.short_caption!r}")
 
     @classmethod
     def for_method(cls, method: str = "longclip", **settings) -> TrainConfig:
@@ -81,3 +100,13 @@ class TrainConfig:
     def options(cls):
         """The fields with their help text, for building command-line options."""
         return fields(cls)
+
+
+SHAREGPT4V_HOLDOUT = 1000  # ShareGPT4V-1k: the original holds out the json's first 1000 records
+
+
+def holdout_rows(config: TrainConfig) -> int:
+    """Rows held out for validation: ``val_rows``, or for ``"auto"`` 1000 on ShareGPT4V json and 0 otherwise."""
+    if config.val_rows != "auto":
+        return int(config.val_rows)
+    return SHAREGPT4V_HOLDOUT if str(config.data).lower().endswith(".json") else 0

@@ -18,6 +18,8 @@ from .distributed import DistributedContext, gather_with_grad
 
 logger = logging.getLogger(__name__)
 
+PCM_GRADIENTS = ("through-svd", "detached")
+
 
 def contrastive_loss(
     image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0
@@ -37,12 +39,19 @@ def contrastive_loss(
     return (per_image + per_text) / 2
 
 
-def principal_component_reconstruction(features: torch.Tensor, components: int) -> torch.Tensor:
+def principal_component_reconstruction(
+    features: torch.Tensor, components: int, gradient: str = "through-svd"
+) -> torch.Tensor:
     """Rebuild ``[N, D]`` features from their top principal components, mean added back, not renormalized.
 
-    The SVD runs in (at least) float32 on the centred batch. Gradients flow through the features but not through the
-    principal directions, which are treated as constants: the SVD's backward is unstable when singular values nearly
-    repeat, and the projection keeps the component-level meaning either way.
+    The SVD runs in (at least) float32 on the centred batch, as the original Long-CLIP's ``PCA`` does.
+
+    Args:
+        features: ``[N, D]`` features.
+        components: Principal components kept.
+        gradient: ``"through-svd"`` (the original's: gradients also flow through the principal directions, i.e.
+            through the SVD) or ``"detached"`` (the directions are constants: the same value, but a gradient that
+            ignores how the directions move; the SVD's backward is unstable when singular values nearly repeat).
 
     Raises:
         torch.linalg.LinAlgError: The SVD did not converge or gave non-finite directions.
@@ -50,7 +59,10 @@ def principal_component_reconstruction(features: torch.Tensor, components: int) 
     x = features.to(torch.promote_types(features.dtype, torch.float32))  # half precision is too coarse for SVD
     mean = x.mean(dim=0, keepdim=True)
     centred = x - mean
-    _, _, directions = torch.linalg.svd(centred.detach(), full_matrices=False)
+    if gradient not in PCM_GRADIENTS:
+        raise ValueError(f"gradient must be one of {PCM_GRADIENTS}, got {gradient!r}")
+    source = centred.detach() if gradient == "detached" else centred
+    _, _, directions = torch.linalg.svd(source, full_matrices=False)
     if not torch.isfinite(directions).all():
         raise torch.linalg.LinAlgError("SVD gave non-finite principal directions")
     basis = directions[:components]  # [k, D]; fewer rows if the batch is smaller than k
@@ -75,6 +87,7 @@ class LongCLIPObjective:
         short_loss_weight: Weight of the coarse-grained loss.
         label_smoothing: Label smoothing of both cross-entropies.
         context: The distributed context (gathering across ranks).
+        pcm_gradient: How gradients meet the SVD (see :func:`principal_component_reconstruction`).
     """
 
     def __init__(
@@ -83,11 +96,13 @@ class LongCLIPObjective:
         short_loss_weight: float = 1.0,
         label_smoothing: float = 0.1,
         context: DistributedContext | None = None,
+        pcm_gradient: str = "through-svd",
     ):
         self.pca_components = pca_components
         self.short_loss_weight = short_loss_weight
         self.label_smoothing = label_smoothing
         self.context = context or DistributedContext()
+        self.pcm_gradient = pcm_gradient
         self.svd_failures = 0
 
     def __call__(
@@ -105,7 +120,7 @@ class LongCLIPObjective:
             return LossOutput(fine, parts)
 
         try:
-            coarse_images = principal_component_reconstruction(image_features, self.pca_components)
+            coarse_images = principal_component_reconstruction(image_features, self.pca_components, self.pcm_gradient)
             ok = True
         except (torch.linalg.LinAlgError, RuntimeError) as e:
             logger.warning("SVD failed for this batch (%s); skipping the short-caption loss this step", e)

@@ -61,8 +61,8 @@ def _add_fields(group, cls: type, overrides: dict[str, Any] | None = None, skip:
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        convert = base if base in (int, float) else str
+        types = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+        convert = types[0] if len(types) == 1 and types[0] in (int, float) else str  # "int | str" stays a string
         group.add_argument(
             flag, type=convert, default=default, required=required, choices=field.metadata.get("choices"),
             help=help_text,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..models.base import DualEncoder
 from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, holdout_rows
 from .distributed import DistributedContext, setup_distributed, teardown_distributed
 from .losses import LossOutput
 from .tasks import Task, get_task
@@ -307,7 +307,7 @@ def train(config: TrainConfig, options=None) -> dict:
         A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, the task's own)
         and the path of the final model.
     """
-    from ..data import read_pairs, split_holdout
+    from ..data import SHORT_CAPTION_RULES, read_pairs, split_holdout
 
     task_class = get_task(config.method)
     options = options if options is not None else task_class.options_class()
@@ -330,8 +330,14 @@ def train(config: TrainConfig, options=None) -> dict:
             batches, steps_per_epoch = _stream_batches(config, task, context)
             bad_paths = None
         else:
-            pairs = read_pairs(config.data, config.image_root)
-            validation, pairs = split_holdout(pairs, config.val_rows) if config.val_rows else ([], pairs)
+            pairs = read_pairs(config.data, config.image_root, SHORT_CAPTION_RULES[config.short_caption])
+            held_out = holdout_rows(config)
+            if held_out >= len(pairs):
+                raise TrainingError(
+                    f"{config.data} has {len(pairs)} records and --val-rows {config.val_rows} holds out the first "
+                    f"{held_out} (ShareGPT4V-1k, as the original); pass --val-rows 0 or a smaller number"
+                )
+            validation, pairs = split_holdout(pairs, held_out) if held_out else ([], pairs)
             batches, steps_per_epoch = pair_batches(pairs, task, config, context)
 
             def bad_paths(indices: list[int]) -> list[str]:
@@ -387,7 +393,7 @@ def _is_webdataset(data: str) -> bool:
 
 
 def _stream_batches(config, task, context):
-    from ..data import webdataset_pairs
+    from ..data import SHORT_CAPTION_RULES, webdataset_pairs
 
     model, collate = task.model, task.collate
     if not config.samples_per_epoch:
@@ -402,6 +408,7 @@ def _stream_batches(config, task, context):
                 stream = webdataset_pairs(
                     config.data, model.image_transform, rank=context.rank, world_size=context.world_size,
                     shuffle_buffer=1000, seed=config.seed * 1_000_003 + epoch * 1_009 + repeat,
+                    short_caption=SHORT_CAPTION_RULES[config.short_caption],
                 )  # fmt: skip
                 loader = DataLoader(stream, batch_size=config.batch_size, collate_fn=collate,
                                     num_workers=config.num_workers)  # fmt: skip

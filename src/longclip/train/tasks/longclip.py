@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...positions import LONGCLIP_KEEP_POSITIONS
-from ..losses import LongCLIPObjective, LossOutput
+from ..losses import PCM_GRADIENTS, LongCLIPObjective, LossOutput
 from .base import Task
 
 
@@ -31,6 +31,12 @@ class LongCLIPOptions:
     pca_components: int = _opt(32, "principal components of the image features matched with short captions")
     short_loss_weight: float = _opt(1.0, "weight of the short-caption (coarse-grained) loss; 0 disables it")
     label_smoothing: float = _opt(0.1, "label smoothing of the contrastive cross-entropies")
+    pcm_gradient: Literal["through-svd", "detached"] = _opt(
+        "through-svd",
+        "gradient of primary component matching: through the SVD as the original, or with the principal "
+        "directions detached (same loss, steadier gradient)",
+        choices=list(PCM_GRADIENTS),
+    )
     freeze_vision: bool = _opt(False, "train only the text tower")
     freeze_text: bool = _opt(False, "train only the image tower")
     save_pt: bool = _opt(False, "also write the final model in the released Long-CLIP .pt format")
@@ -40,6 +46,8 @@ class LongCLIPOptions:
             raise ValueError("freezing both towers leaves nothing to train")
         if self.stretch not in ("kps", "linear"):
             raise ValueError(f"stretch must be 'kps' or 'linear', got {self.stretch!r}")
+        if self.pcm_gradient not in PCM_GRADIENTS:
+            raise ValueError(f"pcm_gradient must be one of {PCM_GRADIENTS}, got {self.pcm_gradient!r}")
         if self.pca_components < 1:
             raise ValueError(f"pca_components must be at least 1, got {self.pca_components}")
 
@@ -55,7 +63,8 @@ class LongCLIPTask(Task):
         super().__init__(model, options, context)
         opts = self.options
         self.objective = LongCLIPObjective(
-            opts.pca_components, opts.short_loss_weight, opts.label_smoothing, self.context
+            opts.pca_components, opts.short_loss_weight, opts.label_smoothing, self.context,
+            pcm_gradient=opts.pcm_gradient,
         )
 
     @classmethod
