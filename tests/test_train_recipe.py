@@ -85,7 +85,7 @@ def _run(folder, output, **settings):
     defaults = dict(model=str(folder / "clip77"), data=str(folder / "pairs.csv"), output=str(output), batch_size=2,
                     epochs=1, lr=1e-4, warmup_steps=1, num_workers=0, log_every=1, save_every=1000, device="cpu",
                     progress=False)  # fmt: skip
-    return train(TrainConfig(**{**defaults, **settings}), get_task("longclip").options(pca_components=2))
+    return train(TrainConfig(**{**defaults, **settings}), get_task("longclip").options_class(pca_components=2))
 
 
 def test_out_of_range_settings_are_refused():
@@ -162,10 +162,10 @@ def test_a_training_checkpoint_loads_with_longclip_load_and_files_are_ordinary(d
     assert "the warm-up (50 steps) is not shorter than the run (8 steps)" in caplog.text
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000006"
     midway, _ = longclip.load(checkpoint / "model")
-    assert midway.context_length == 248 and midway.config.longclip_keep_rows == 20
+    assert midway.context_length == 248 and midway.keep_positions == 20
     state = load_file(checkpoint / "model.safetensors")
     table = midway.clip.text_model.embeddings.position_embedding.weight
-    prefix = "model.clip.text_model.embeddings.position_embedding."
+    prefix = "clip.text_model.embeddings.position_embedding."
     torch.testing.assert_close(table, torch.cat([state[prefix + "frozen"], state[prefix + "trained"]]))
 
     umask = os.umask(0)
@@ -205,6 +205,6 @@ def test_quiet_silences_the_progress_bar_and_a_label_names_the_run(data, tmp_pat
     assert "step/s" not in captured.err and "s/step" not in captured.err and "it/s" not in captured.err
 
     config = TrainConfig(model=str(data / "clip77"), data=str(data / "pairs.csv"), output=str(tmp_path / "loud"),
-                         epochs=1, batch_size=4, num_workers=0, device="cpu")  # fmt: skip
-    train(config, get_task("clip").options(), method="clip", description="fine-tuning variant X -> somewhere")
+                         epochs=1, batch_size=4, num_workers=0, device="cpu", method="clip")  # fmt: skip
+    train(config, get_task("clip").options_class(), description="fine-tuning variant X -> somewhere")
     assert "fine-tuning variant X -> somewhere" in capsys.readouterr().err

@@ -346,7 +346,13 @@ class CaptionCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
-        """Collate a list of items (``None`` for bad images) into a batch."""
+        """Collate a list of items (``None`` for bad images) into a batch.
+
+        A ``{"bad_shard": url}`` item (a webdataset shard that could not be read) is neither a sample nor a bad
+        image: its url is listed in the batch's ``bad_shards``.
+        """
+        bad_shards = [item["bad_shard"] for item in items if item is not None and "bad_shard" in item]
+        items = [item for item in items if item is None or "bad_shard" not in item]
         good = [item for item in items if item is not None]
         num_bad = len(items) - len(good)
         if not good:
@@ -359,6 +365,7 @@ class CaptionCollator:
                 "short_mask": empty_ids.clone(),
                 "indices": torch.empty(0, dtype=torch.long),
                 "num_bad": num_bad,
+                "bad_shards": bad_shards,
             }
         long_ids, long_mask = self._tokenize([item["caption"] for item in good])
         short_ids, short_mask = self._tokenize([item["short_caption"] for item in good])
@@ -370,6 +377,7 @@ class CaptionCollator:
             "short_mask": short_mask,
             "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
             "num_bad": num_bad,
+            "bad_shards": bad_shards,
         }
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -197,8 +198,13 @@ class WebDatasetPairs(IterableDataset):
             samples = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(self._samples(wds, shards))
         else:
             samples = self._samples(wds, shards)
-        for count, sample in enumerate(samples):
+        count = 0
+        for sample in samples:
+            if _BAD_SHARD in sample:
+                yield {"bad_shard": sample[_BAD_SHARD]}  # counted by the collator, not a sample
+                continue
             yield self._to_item(sample, count * num_workers + worker_id)
+            count += 1
 
     @staticmethod
     def _samples(wds: ModuleType, shards: list[str]) -> Iterator[dict[str, Any]]:
@@ -207,9 +213,14 @@ class WebDatasetPairs(IterableDataset):
         for url in shards:
             logger.debug("reading shard %s", url)
             # Opened here rather than with wds.tarfile_samples so that each shard's file is closed when it is done.
-            with wds.gopen(url) as stream:
-                files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
-                yield from tariterators.group_by_keys(files)
+            try:
+                with wds.gopen(url) as stream:
+                    files = tariterators.tar_file_expander([{"url": url, "stream": stream}])
+                    yield from tariterators.group_by_keys(files)
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                # One truncated or corrupt shard costs its (remaining) samples, not the run.
+                logger.warning("skipping the rest of shard %s: %s", url, exc)
+                yield {_BAD_SHARD: url}
 
     def _to_item(self, sample: dict[str, Any], index: int) -> dict[str, Any] | None:
         where = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
@@ -231,6 +242,9 @@ class WebDatasetPairs(IterableDataset):
             logger.debug("skipping %s: %s", where, exc.reason)
             return None
         return {"index": index, "pixels": pixels, "caption": caption, "short_caption": short_caption}
+
+
+_BAD_SHARD = "__bad_shard__"
 
 
 def _decode_text(data: bytes) -> str:

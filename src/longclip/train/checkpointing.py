@@ -1,10 +1,13 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically, read without pickle.
 
-A checkpoint is a directory ``step-000123/`` holding ``model.safetensors``, ``optimizer.safetensors`` (every
-tensor of the optimizer state), ``rng.safetensors`` (torch's generator states) and ``state.json`` (step, data
-position, scheduler, grad-scaler, optimizer hyper-parameters, Python and NumPy generator states, counters). It is
-written into a temporary sibling directory, each file fsync'ed, then renamed into place: a process killed while
-saving leaves at most a stray temporary directory, which readers ignore, and the previous checkpoint intact.
+A checkpoint is a directory ``step-000123/`` holding ``model/`` (the model as ``longclip.load`` reads it, so a run
+can be evaluated midway), ``model.safetensors`` (the trained module's exact state, the task's extra state
+included), ``optimizer.safetensors`` (every tensor of the optimizer state), ``rng.safetensors`` (torch's generator
+states) and ``state.json`` (step, data position, scheduler, grad-scaler, optimizer hyper-parameters, Python and
+NumPy generator states, counters). It is written into a temporary sibling directory, each file fsync'ed, then
+renamed into place: a process killed while saving leaves at most a stray temporary directory, which readers ignore
+and the next save removes, and the previous checkpoint intact. Files get the permissions the umask gives ordinary
+files.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +90,23 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None,
     progress: dict,
     keep_last: int = 3,
+    save_model: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint for ``step`` atomically and delete all but the newest ``keep_last``.
 
     Args:
         progress: JSON-serialisable run position (epoch, batch in epoch, counters...), returned by ``load_checkpoint``.
+        save_model: Writes the model, as ``longclip.load`` reads it, into the directory it is given (``model/``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / checkpoint_name(step)
+    for leftover in directory.glob(f"{_PREFIX}*{_TMP_MARK}*"):  # of saves killed midway (only one process saves)
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = directory / f"{final.name}{_TMP_MARK}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    if save_model is not None:
+        save_model(tmp / "model")
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, tmp / "model.safetensors")
@@ -118,8 +127,10 @@ def save_checkpoint(
         "numpy_random": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
     (tmp / "state.json").write_text(json.dumps(state))
-    for file in tmp.iterdir():
-        _fsync_file(file)
+    ordinary_permissions(tmp)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            _fsync_file(file)
     _fsync_dir(tmp)
 
     if final.exists():  # saving the same step again (after a resume): swap atomically, then drop the old one
@@ -135,6 +146,14 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+def ordinary_permissions(directory: Path) -> None:
+    """Give every file under ``directory`` what the umask gives a new file (safetensors writes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [Path(directory), *Path(directory).rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def load_checkpoint(

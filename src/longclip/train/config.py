@@ -55,6 +55,7 @@ class TrainConfig:
     save_every: int = _opt(500, "write a training checkpoint every N steps")
     keep_checkpoints: int = _opt(3, "training checkpoints to keep")
     resume: str | None = _opt(None, "'auto' (newest checkpoint in --output) or a checkpoint directory")
+    overwrite: bool = _opt(False, "clear a previous run in --output instead of refusing to start (without --resume)")
     max_steps: int | None = _opt(None, "length of the run in steps (default: epochs x steps per epoch)")
     stop_after_steps: int | None = _opt(
         None, "end this run after N steps with a checkpoint; the schedule still spans the whole run (for --resume)"
@@ -62,6 +63,7 @@ class TrainConfig:
     log_every: int = _opt(10, "write metrics every N steps")
     report_to: str = _opt("", "also log to: comma-separated 'tensorboard', 'wandb'")
     device: str | None = _opt(None, "cpu or cuda (default: cuda when available)")
+    progress: bool = _opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         for name in ("model", "data", "output"):
@@ -79,6 +81,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1 (or unset), got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.resume is not None and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: continue the run or clear it, not both")
         if self.val_rows != "auto":
             try:
                 self.val_rows = int(self.val_rows)

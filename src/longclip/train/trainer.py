@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models.base import DualEncoder
-from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpointing import list_checkpoints, load_checkpoint, ordinary_permissions, save_checkpoint
 from .config import TrainConfig, holdout_rows
 from .distributed import DistributedContext, setup_distributed, teardown_distributed
 from .losses import LossOutput
@@ -68,13 +70,14 @@ def epoch_batches(
 class _Reporters:
     """metrics.jsonl always; TensorBoard and Weights & Biases when asked for and installed."""
 
-    def __init__(self, output: Path, config: TrainConfig, enabled: bool):
+    def __init__(self, output: Path, config: TrainConfig, enabled: bool, resumed_at: int = 0):
         self.enabled = enabled
         self.path = output / "metrics.jsonl"
         self.writers: list[Callable[[dict, int], None]] = []
         if not enabled:
             return
         output.mkdir(parents=True, exist_ok=True)
+        self._drop_rows_after(resumed_at)
         wanted = {name.strip() for name in config.report_to.split(",") if name.strip()}
         unknown = wanted - {"tensorboard", "wandb"}
         if unknown:
@@ -93,6 +96,15 @@ class _Reporters:
                 raise ImportError("report_to=wandb needs the wandb package: pip install wandb") from e
             run = wandb.init(project="longclip", config=asdict(config), dir=str(output))
             self.writers.append(lambda row, step: run.log(_numbers(row), step=step))
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Forget rows a previous run logged after the checkpoint this run resumes from (they are run again)."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -115,8 +127,9 @@ def fit(
     context: DistributedContext,
     validate: Callable[[DualEncoder], dict[str, float]] | None = None,
     bad_image_paths: Callable[[list[int]], list[str]] | None = None,
+    description: str | None = None,
 ) -> dict:
-    """Run (or resume) the training loop; returns a summary dict.
+    """Run (or resume) the training loop; returns a summary dict (with the last ``validation`` metrics, if any).
 
     Args:
         task: The method's step, holding the model (already on ``context.device``, frozen parts frozen).
@@ -128,11 +141,21 @@ def fit(
         context: The distributed context.
         validate: Called on the main rank after each epoch with the model; returns metrics to log.
         bad_image_paths: Maps dataset indices of unreadable images to their paths, for the report.
+        description: Label of the progress bar.
+
+    Raises:
+        TrainingError: Too many unreadable images (raised as soon as the share is sure to be exceeded at the end of
+            the epoch; ``bad_images.txt`` is written first), or a batch without one readable image.
     """
     model = task.model
     output = Path(config.output)
     checkpoints = output / "checkpoints"
     total_steps = config.max_steps or config.epochs * steps_per_epoch
+    if config.warmup_steps >= total_steps and context.is_main:
+        logger.warning(
+            "the warm-up (%d steps) is not shorter than the run (%d steps): the learning rate never reaches %g",
+            config.warmup_steps, total_steps, config.lr,
+        )  # fmt: skip
     parameters = [p for p in task.parameters() if p.requires_grad]
     if not parameters:
         raise TrainingError("nothing to train: every parameter of the model is frozen")
@@ -148,13 +171,20 @@ def fit(
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
 
     step, progress = 0, {"bad_images": 0, "seen_images": 0, "skipped_steps": 0, "bad": []}
-    resume_from = _resume_path(config, checkpoints)
-    if resume_from is not None:
-        step, progress = load_checkpoint(
-            resume_from, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
-        )
+    for resume_from in _resume_candidates(config, checkpoints):
+        try:
+            step, progress = load_checkpoint(
+                resume_from, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+            )
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            if config.resume != "auto":
+                raise
+            logger.warning("checkpoint %s cannot be read (%s); trying the one before it", resume_from, e)
+            continue
         task.load_counters(progress.get("task", {}))
         logger.info("resumed from %s at step %d", resume_from, step)
+        break
+    progress.setdefault("bad_shards", 0)
 
     step_module: nn.Module = task
     if context.enabled:
@@ -163,7 +193,7 @@ def fit(
         task._ddp_params_and_buffers_to_ignore = task.frozen_parameter_names()
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         step_module = DistributedDataParallel(task, device_ids=device_ids)
-    reporters = _Reporters(output, config, enabled=context.is_main)
+    reporters = _Reporters(output, config, enabled=context.is_main, resumed_at=step)
     stop_at = total_steps if config.stop_after_steps is None else min(total_steps, step + config.stop_after_steps)
 
     def save() -> None:
@@ -171,70 +201,92 @@ def fit(
             progress["task"] = task.counters()
             save_checkpoint(
                 checkpoints, step, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                progress=progress, keep_last=config.keep_checkpoints,
+                progress=progress, keep_last=config.keep_checkpoints, save_model=task.save_model,
             )  # fmt: skip
         context.barrier()
 
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not context.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps, initial=step, unit="step", desc=description, dynamic_ncols=True,
+        disable=not (context.is_main and config.progress),
+    )  # fmt: skip
     task.train()
     window_start, window_samples = time.perf_counter(), 0
-    while step < stop_at:
-        epoch, first = divmod(step, steps_per_epoch)
-        for batch in itertools.islice(batches(epoch, first), stop_at - step):
-            loss_out = _train_step(
-                step_module, task, optimizer, scheduler, scaler, batch, config, context, autocast_dtype
-            )
-            step += 1
-            bar.update(1)
-            _count_batch(progress, batch, loss_out, context)
-            window_samples += len(batch["indices"]) * context.world_size
-            if step % config.log_every == 0 or step == stop_at:
-                elapsed = time.perf_counter() - window_start
-                row = {
-                    "step": step,
-                    "epoch": step / steps_per_epoch,
-                    "loss": float(loss_out.loss.detach()),
-                    **loss_out.parts,
-                    "lr": scheduler.get_last_lr()[0],
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                    "samples_per_s": window_samples / max(elapsed, 1e-9),
-                    **{k: v for k, v in progress.items() if k not in ("bad", "task")},
-                    **task.counters(),
-                }
-                reporters.log(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
-                window_start, window_samples = time.perf_counter(), 0
-            if step % config.save_every == 0 and step < stop_at:
-                save()
-            if step % steps_per_epoch == 0 or step == total_steps:
-                _check_bad_images(progress, config)
-                if validate is not None and context.is_main:
-                    task.eval()
-                    reporters.log({"step": step, **{f"val/{k}": v for k, v in validate(model).items()}})
-                    task.train()
-                context.barrier()
-            if step >= stop_at:
-                break
-    bar.close()
+    validation: dict[str, float] = {}
+    try:
+        while step < stop_at:
+            epoch, first = divmod(step, steps_per_epoch)
+            for batch in itertools.islice(batches(epoch, first), stop_at - step):
+                loss_out = _train_step(
+                    step_module, task, optimizer, scheduler, scaler, batch, config, context, autocast_dtype
+                )
+                step += 1
+                bar.update(1)
+                _count_batch(progress, batch, loss_out, context)
+                # Stop as soon as the epoch's end would fail the check anyway, not hours later.
+                images_by_epoch_end = (epoch + 1) * steps_per_epoch * config.batch_size * context.world_size
+                _check_bad_images(progress, config, max(images_by_epoch_end, progress["seen_images"]))
+                window_samples += len(batch["indices"]) * context.world_size
+                if step % config.log_every == 0 or step == stop_at:
+                    elapsed = time.perf_counter() - window_start
+                    row = {
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "loss": float(loss_out.loss.detach()),
+                        **loss_out.parts,
+                        "lr": scheduler.get_last_lr()[0],
+                        "logit_scale": float(model.logit_scale.detach().exp()),
+                        "samples_per_s": window_samples / max(elapsed, 1e-9),
+                        **{k: v for k, v in progress.items() if k not in ("bad", "task")},
+                        **task.counters(),
+                    }
+                    reporters.log(row)
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}"
+                    )
+                    window_start, window_samples = time.perf_counter(), 0
+                if step % config.save_every == 0 and step < stop_at:
+                    save()
+                if step % steps_per_epoch == 0 or step == total_steps:
+                    _check_bad_images(progress, config)
+                    if validate is not None and context.is_main:
+                        task.eval()
+                        validation = validate(model)
+                        reporters.log({"step": step, **{f"val/{k}": v for k, v in validation.items()}})
+                        task.train()
+                    context.barrier()
+                if step >= stop_at:
+                    break
+    except TrainingError:
+        _write_bad_images(progress, output, context, bad_image_paths)
+        raise
+    finally:
+        bar.close()
     save()
     _check_bad_images(progress, config)
+    _write_bad_images(progress, output, context, bad_image_paths)
+    counters = {k: v for k, v in progress.items() if k != "task"}
+    summary = {"step": step, "total_steps": total_steps, "finished": step >= total_steps, **counters}
+    return {**summary, **task.counters(), **({"validation": validation} if validation else {})}
+
+
+def _write_bad_images(progress: dict, output: Path, context: DistributedContext, bad_image_paths) -> None:
     if context.is_main and progress["bad"]:
         paths = bad_image_paths(progress["bad"]) if bad_image_paths else [str(i) for i in progress["bad"]]
+        output.mkdir(parents=True, exist_ok=True)
         (output / "bad_images.txt").write_text("\n".join(paths) + "\n")
         logger.warning("%d images could not be read; listed in %s", progress["bad_images"], output / "bad_images.txt")
-    counters = {k: v for k, v in progress.items() if k != "task"}
-    return {"step": step, "total_steps": total_steps, "finished": step >= total_steps, **counters, **task.counters()}
 
 
-def _resume_path(config: TrainConfig, checkpoints: Path) -> Path | None:
+def _resume_candidates(config: TrainConfig, checkpoints: Path) -> list[Path]:
+    """Checkpoints to try, best first: the one named, or for ``auto`` every complete one, newest first."""
     if config.resume is None:
-        return None
+        return []
     if config.resume == "auto":
         found = list_checkpoints(checkpoints)
         if not found:
             logger.info("no checkpoint in %s: starting from the beginning", checkpoints)
-        return found[-1] if found else None
-    return Path(config.resume)
+        return found[::-1]
+    return [Path(config.resume)]
 
 
 def _train_step(step_module, task, optimizer, scheduler, scaler, batch, config, context, autocast_dtype):
@@ -266,17 +318,21 @@ def _count_batch(progress: dict, batch: dict, loss_out: LossOutput, context: Dis
     progress["bad_images"] += int(bad)
     progress["seen_images"] += int(context.sum(len(batch["indices"]))) + int(bad)
     progress["skipped_steps"] += int(loss_out.parts.get("skipped", 0))
+    progress["bad_shards"] += int(context.sum(len(batch.get("bad_shards", []))))
     if bad:  # the sum is the same on every rank, so all of them take part in the gather
         indices = context.gather_lists([int(i) for i in batch.get("bad_indices", [])])
         progress["bad"].extend(indices[: max(0, 1000 - len(progress["bad"]))])
 
 
-def _check_bad_images(progress: dict, config: TrainConfig) -> None:
-    seen, bad = progress["seen_images"], progress["bad_images"]
+def _check_bad_images(progress: dict, config: TrainConfig, seen: int | None = None) -> None:
+    """Raise if the unreadable share of ``seen`` images (default: those seen so far) is over the limit."""
+    early = seen is not None and seen > progress["seen_images"]
+    seen, bad = seen or progress["seen_images"], progress["bad_images"]
     if seen and bad / seen > config.max_bad_fraction:
         raise TrainingError(
             f"{bad} of {seen} images ({bad / seen:.1%}) could not be read, more than --max-bad-fraction "
-            f"{config.max_bad_fraction:.1%}; check the image paths and --image-root"
+            f"{config.max_bad_fraction:.1%}{' (counting this epoch to its end)' if early else ''}; check the image "
+            "paths and --image-root"
         )
 
 
@@ -295,17 +351,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig, options=None) -> dict:
+def train(config: TrainConfig, options=None, description: str | None = None) -> dict:
     """Train with ``config.method`` (Long-CLIP's recipe by default); writes checkpoints, ``metrics.jsonl`` and the
     final model to ``config.output``.
 
     Args:
         config: The common settings (``TrainConfig.for_method`` gives a method's own defaults).
         options: The method's own settings (its task's ``options_class``); its defaults when None.
+        description: Label of the progress bar.
 
     Returns:
-        A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, the task's own)
-        and the path of the final model.
+        A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, bad shards, the
+        task's own), the last validation metrics and the path of the final model.
+
+    Raises:
+        ValueError: ``output`` already holds a run and neither ``resume`` nor ``overwrite`` is set.
     """
     from ..data import SHORT_CAPTION_RULES, read_pairs, split_holdout
 
@@ -318,10 +378,8 @@ def train(config: TrainConfig, options=None) -> dict:
     try:
         _seed_everything(config.seed)
         output = Path(config.output)
-        if context.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            saved = {**asdict(config), "options": asdict(options)}
-            (output / "config.json").write_text(json.dumps(saved, indent=2))
+        saved = {**asdict(config), "options": asdict(options)}
+        _check_output(output, config, saved, context)
         model = task_class.prepare_model(config, options).to(context.device)
         task = task_class(model, options, context)
 
@@ -343,17 +401,56 @@ def train(config: TrainConfig, options=None) -> dict:
             def bad_paths(indices: list[int]) -> list[str]:
                 return [pairs[i].image for i in indices]
 
+        # Written only now that the model and the data are ready: a start that fails leaves no half-made run.
+        if context.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "config.json").write_text(json.dumps(saved, indent=2))
         summary = fit(
             task, batches, steps_per_epoch, config, context,
             validate=_validator(validation, config) if validation else None, bad_image_paths=bad_paths,
+            description=description,
         )  # fmt: skip
         if summary["finished"] and context.is_main:
-            summary["model"] = str(task.save_final(output, config))
+            final = task.save_final(output, config)
+            ordinary_permissions(final)
+            summary["model"] = str(final)
             logger.info("saved the trained model to %s", summary["model"])
         context.barrier()
         return summary
     finally:
         teardown_distributed()
+
+
+# What a run leaves in its output folder (``overwrite`` clears these and nothing else).
+_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "model", "bad_images.txt", "tensorboard", "longclip.pt")
+# Settings that may change between a run and its continuation without changing what is trained.
+_RESUMABLE = {"resume", "overwrite", "stop_after_steps", "device", "num_workers", "log_every", "report_to",
+              "progress", "save_every", "keep_checkpoints"}  # fmt: skip
+
+
+def _check_output(output: Path, config: TrainConfig, settings: dict, context: DistributedContext) -> None:
+    """Refuse to mix two runs in one folder; clear it on ``overwrite``; say when a resumed run's settings differ."""
+    present = [name for name in _RUN_FILES if (output / name).exists()]
+    if config.resume is None and present:
+        if not config.overwrite:
+            raise ValueError(
+                f"{output} already holds a run ({', '.join(present)}); continue it with --resume auto or start "
+                "over with --overwrite"
+            )
+        if context.is_main:
+            for name in present:
+                path = output / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            logger.info("cleared the previous run in %s", output)
+        context.barrier()
+    if config.resume is not None and (output / "config.json").is_file():
+        before = json.loads((output / "config.json").read_text())
+        changed = sorted(key for key in {*before, *settings} - _RESUMABLE if before.get(key) != settings.get(key))
+        if changed and context.is_main:
+            logger.warning(
+                "resuming a run whose settings differ from this one's: %s",
+                ", ".join(f"{key} {before.get(key)!r} -> {settings.get(key)!r}" for key in changed),
+            )
 
 
 def pair_batches(

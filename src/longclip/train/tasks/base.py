@@ -92,6 +92,10 @@ class Task(nn.Module):
     def load_counters(self, counters: dict[str, float]) -> None:
         """Restore ``counters()`` from a training checkpoint."""
 
+    def save_model(self, directory: Path) -> None:
+        """Write the model as it is now where ``longclip.load`` reads it, without changing it (for checkpoints)."""
+        self.model.save_pretrained(directory)
+
     def save_final(self, directory: Path, config: TrainConfig) -> Path:
         """Write the trained model where ``longclip.load`` reads it; returns its path."""
         final = directory / "model"

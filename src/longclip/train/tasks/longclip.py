@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from ...positions import LONGCLIP_KEEP_POSITIONS
 from ..losses import PCM_GRADIENTS, LongCLIPObjective, LossOutput
 from .base import Task
@@ -105,6 +107,19 @@ class LongCLIPTask(Task):
 
     def load_counters(self, counters: dict[str, float]) -> None:
         self.objective.svd_failures = int(counters.get("svd_failures", 0))
+
+    def save_model(self, directory: Path) -> None:
+        """Write a transformers CLIP directory with the position table whole again, the training split kept."""
+        from ...models.clip import quiet_transformers_progress
+
+        clip = self.model.clip
+        state = clip.state_dict()
+        prefix = "text_model.embeddings.position_embedding."
+        if f"{prefix}frozen" in state:
+            state[f"{prefix}weight"] = torch.cat([state.pop(f"{prefix}frozen"), state.pop(f"{prefix}trained")])
+        with quiet_transformers_progress():
+            clip.save_pretrained(Path(directory), state_dict=state)
+        self.model.processor.save_pretrained(directory)
 
     def save_final(self, directory: Path, config) -> Path:
         from ...checkpoints import save_longclip_pt
