@@ -208,3 +208,44 @@ def test_quiet_silences_the_progress_bar_and_a_label_names_the_run(data, tmp_pat
                          epochs=1, batch_size=4, num_workers=0, device="cpu", method="clip")  # fmt: skip
     train(config, get_task("clip").options_class(), description="fine-tuning variant X -> somewhere")
     assert "fine-tuning variant X -> somewhere" in capsys.readouterr().err
+
+
+# --- the command line: errors, final status ------------------------------------------------------------------------
+
+
+def _train_argv(tmp_path):
+    return ["train", "--model", "m", "--data", "pairs.csv", "--output", str(tmp_path / "run")]
+
+
+def test_a_training_error_ends_in_one_error_line(tmp_path, monkeypatch, capsys):
+    import longclip.train
+    from longclip.cli import main
+    from longclip.train import TrainingError
+
+    def failing(config, options=None):
+        raise TrainingError("3 of 8 images (37.5%) could not be read\nsee bad_images.txt")
+
+    monkeypatch.setattr(longclip.train, "train", failing)
+    assert issubclass(TrainingError, RuntimeError)
+    assert main(_train_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("longclip: error: 3 of 8 images (37.5%) could not be read")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(TrainingError):  # --debug shows the traceback instead
+        main(["--debug", *_train_argv(tmp_path)])
+
+
+def test_only_rank_0_prints_the_final_status_with_validation(tmp_path, monkeypatch, capsys):
+    import longclip.train
+    from longclip.cli import main
+
+    summary = {"step": 3, "total_steps": 3, "finished": True, "model": "run/model",
+               "validation": {"long/image_to_text_recall@1": 0.5}}  # fmt: skip
+    monkeypatch.setattr(longclip.train, "train", lambda config, options=None: summary)
+    monkeypatch.setenv("RANK", "1")
+    assert main(_train_argv(tmp_path)) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(_train_argv(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "validation long/image_to_text_recall@1: 50.0%" in out and "trained 3 steps" in out

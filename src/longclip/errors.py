@@ -3,5 +3,9 @@
 from __future__ import annotations
 
 
+class TrainingError(RuntimeError):
+    """A training run cannot go on (too many unreadable images, no data...). The message says what to check."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint could not be read or is not what it claims to be. The message names the file or tensor."""

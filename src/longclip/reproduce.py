@@ -107,7 +107,9 @@ def prepare_data(directory: Path, scale: Scale, seed: int) -> dict[str, Path]:
     return paths
 
 
-def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, device: str | None) -> Path:
+def pretrain(
+    directory: Path, data: dict[str, Path], scale: Scale, seed: int, device: str | None, progress: bool = True
+) -> Path:
     """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings.
 
     The from-scratch model is written out first (``pretrain-run/init``) and trained with ``longclip train``'s plain
@@ -133,10 +135,11 @@ def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, de
     config = TrainConfig.for_method(
         "clip", model=str(run / "init"), data=str(data["pretrain"]), output=str(run), epochs=scale.pretrain_epochs,
         batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1, warmup_steps=20, num_workers=0,
-        seed=seed, save_every=10**9, keep_checkpoints=1, device=device,
+        seed=seed, save_every=10**9, keep_checkpoints=1, device=device, overwrite=True, progress=progress,
     )  # fmt: skip
     # Pre-training text is the short caption: CLIP's own pre-training sees mostly short alt-text.
-    summary = train(config, CLIPOptions(caption="short", label_smoothing=0.0))
+    label = f"pre-training CLIP-77 -> {directory}"
+    summary = train(config, CLIPOptions(caption="short", label_smoothing=0.0), description=label)
     if directory.exists():
         shutil.rmtree(directory)
     shutil.move(summary["model"], directory)
@@ -144,7 +147,10 @@ def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, de
     return directory
 
 
-def finetune(source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, **variant) -> Path:
+def finetune(
+    source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, progress: bool = True,
+    description: str = "", **variant,
+) -> Path:  # fmt: skip
     """Fine-tune one variant from the pre-trained CLIP with ``longclip train``'s recipe; returns the model path."""
     from .train import TrainConfig, train
     from .train.tasks import LongCLIPOptions
@@ -152,9 +158,10 @@ def finetune(source: Path, output: Path, data: dict[str, Path], scale: Scale, se
     config = TrainConfig.for_method(
         "longclip", model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
         batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10, num_workers=0, seed=seed,
-        save_every=10**9, keep_checkpoints=1, device=device,
+        save_every=10**9, keep_checkpoints=1, device=device, overwrite=True, progress=progress,
     )  # fmt: skip
-    return Path(train(config, LongCLIPOptions(**variant))["model"])
+    label = f"fine-tuning {description or output.name} -> {output}"  # names the variant on its progress bar
+    return Path(train(config, LongCLIPOptions(**variant), description=label)["model"])
 
 
 def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -193,7 +200,11 @@ def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, floa
 
 
 def reproduce(
-    output: str | os.PathLike = "runs/reproduce", quick: bool = False, seed: int = 0, device: str | None = None
+    output: str | os.PathLike = "runs/reproduce",
+    quick: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """Run the whole miniature and write ``results.json``, ``results.md`` and the effective-length plots.
 
@@ -208,11 +219,14 @@ def reproduce(
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = prepare_data(output / "data", scale, seed)
-    clip77 = pretrain(output / "clip77", data, scale, seed, device)
+    clip77 = pretrain(output / "clip77", data, scale, seed, device, progress)
 
     rows, curves = [], {}
     for name, description, variant in VARIANTS:
-        path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, **variant)
+        if variant is None:
+            path = clip77
+        else:
+            path = finetune(clip77, output / name, data, scale, seed, device, progress, description, **variant)
         model, _ = load(path, device=device or "cpu", dtype="float32")
         metrics, curve = evaluate(model, data, scale)
         rows.append({"model": name, "description": description, "path": str(path), **metrics})

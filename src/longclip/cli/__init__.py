@@ -30,6 +30,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ..errors import TrainingError
 from .common import PROG, add_output_flags, one_line, output_settings, silence_stdout
 
 # One line per command group, in the order `longclip --help` lists them.
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Output piped into e.g. `head`, which stopped reading: not an error worth a message.
             silence_stdout()
             return 1
-        except (OSError, ValueError) as e:  # FileNotFoundError, CheckpointError, ImageLoadError, HubUnavailable...
+        except (OSError, ValueError, TrainingError) as e:  # FileNotFoundError, CheckpointError, ImageLoadError...
             if args.debug:
                 raise
             print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its results table."""
     from ..reproduce import reproduce
 
-    reproduce(args.output, quick=args.quick, seed=args.seed, device=args.device)
+    reproduce(args.output, quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet)
     print((Path(args.output) / "results.md").read_text(), end="")
     status(args, f"results, models and plots in {args.output}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from .common import add_command, status
@@ -52,8 +53,14 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
     from ..train.options import config_from_args
 
+    if args.quiet:  # -q silences the progress bar too
+        args.progress = False
     config, options = config_from_args(args)
     summary = train(config, options)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every process runs this: one status is enough
+        return 0
+    for name, value in summary.get("validation", {}).items():
+        status(args, f"validation {name}: {100 * value:.1f}%")
     if summary["finished"]:
         status(args, f"trained {summary['step']} steps; model written to {summary.get('model', config.output)}")
     else:

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..errors import TrainingError  # defined with the shared errors, so the CLI catches it without importing torch
 from ..models.base import DualEncoder
 from .checkpointing import list_checkpoints, load_checkpoint, ordinary_permissions, save_checkpoint
 from .config import TrainConfig, holdout_rows
@@ -35,9 +36,6 @@ from .losses import LossOutput
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (too many unreadable images, no data...)."""
 
 
 def cosine_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

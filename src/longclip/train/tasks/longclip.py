@@ -65,7 +65,10 @@ class LongCLIPTask(Task):
         super().__init__(model, options, context)
         opts = self.options
         self.objective = LongCLIPObjective(
-            opts.pca_components, opts.short_loss_weight, opts.label_smoothing, self.context,
+            opts.pca_components,
+            opts.short_loss_weight,
+            opts.label_smoothing,
+            self.context,
             pcm_gradient=opts.pcm_gradient,
         )
 
