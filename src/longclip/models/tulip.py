@@ -365,6 +365,33 @@ class TulipModel(DualEncoder):
         features = self.visual_projection(self.vision_model(pixel_values=pixels).pooler_output)
         return F.normalize(features, dim=-1) if normalize else features
 
+    def extend_context(self, context_length: int, ntk_factor: float | None = TULIP_NTK_FACTOR) -> None:
+        """Lengthen the text context in place; with ``ntk_factor``, rescale the rotary base by dynamic NTK.
+
+        The new frequencies are fixed for ``context_length`` and recorded in the config (``rope_scaling``), so a
+        saved model is read back with exactly the frequencies it was trained with.
+
+        Raises:
+            ValueError: The new context is not longer, or the model already has rotary scaling, or ``ntk_factor``
+                is given for a CoPE model (it has no rotary frequencies).
+        """
+        text = self.config.text_config
+        if context_length <= text.context_length:
+            raise ValueError(f"context_length {context_length} is not longer than the current {text.context_length}")
+        scaling = None
+        if ntk_factor is not None:
+            if text.position_encoding != "rope":
+                raise ValueError("ntk_factor rescales rotary frequencies; this model uses CoPE")
+            if text.rope_scaling is not None:
+                raise ValueError(f"this model's rotary frequencies are already scaled ({text.rope_scaling})")
+            scaling = {"rope_type": "dynamic", "factor": float(ntk_factor),
+                       "original_context_length": text.context_length}  # fmt: skip
+        updated = TulipTextConfig(**{**asdict(text), "context_length": context_length,
+                                     "rope_scaling": scaling or text.rope_scaling})  # fmt: skip
+        self.config.text_config = self.text_model.config = updated
+        self.text_model.inv_freq = rotary_inverse_frequencies(updated).to(self.text_model.inv_freq.device)
+        logger.info("text context extended to %d tokens (rotary scaling: %s)", context_length, updated.rope_scaling)
+
     # --- building and saving -----------------------------------------------------------------------------------
 
     @classmethod

@@ -5,9 +5,12 @@ from __future__ import annotations
 from .base import NoOptions, Task, available_tasks, get_task, register_task
 from .clip import CLIPOptions, CLIPTask
 from .longclip import LongCLIPOptions, LongCLIPTask
+from .tulip import TulipDistillOptions, TulipDistillTask, TulipFinetuneOptions, TulipFinetuneTask
 
 register_task(LongCLIPTask)
 register_task(CLIPTask)
+register_task(TulipDistillTask)
+register_task(TulipFinetuneTask)
 
 __all__ = [
     "CLIPOptions",
@@ -16,6 +19,10 @@ __all__ = [
     "LongCLIPTask",
     "NoOptions",
     "Task",
+    "TulipDistillOptions",
+    "TulipDistillTask",
+    "TulipFinetuneOptions",
+    "TulipFinetuneTask",
     "available_tasks",
     "get_task",
     "register_task",
