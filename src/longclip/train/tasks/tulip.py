@@ -45,7 +45,7 @@ def _load_student(config, context_length: int, position_encoding: str, rope_thet
 class TulipDistillOptions:
     """Stage 1 settings (TULIP's values are the defaults)."""
 
-    teacher: str = _opt("", "the frozen teacher CLIP (anything longclip.load reads); required")
+    teacher: str | None = _opt(None, "the frozen teacher CLIP (anything longclip.load reads); required")
     teacher_context: int = _opt(CLIP_CONTEXT_LENGTH, "tokens the teacher sees (the caption is cut, end token kept)")
     context_length: int = _opt(DEFAULT_CONTEXT_LENGTH, "the student's text context when it starts from a CLIP")
     position_encoding: Literal["rope", "cope"] = _opt(
