@@ -315,3 +315,24 @@ def test_a_misshapen_released_tensor_is_named(tmp_path):
     _save_open_clip(sd, tmp_path / "bad2.pt")
     with pytest.raises(CheckpointError, match=r"transformer\.resblocks\.0\.mlp\.c_fc\.bias"):
         read_checkpoint(tmp_path / "bad2.pt")
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------------
+
+
+def test_cli_info_and_convert_read_a_released_tulip_checkpoint(tmp_path, capsys):
+    from longclip.cli import main
+
+    _save_open_clip(_fake_tulip_checkpoint(cope=True), tmp_path / "tulip.pt")
+    assert main(["info", str(tmp_path / "tulip.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["family"], info["format"], info["context_length"]) == ("tulip", "tulip-open_clip", 248)
+    assert info["text"]["position_encoding"] == "cope" and info["text"]["cope_positions"] == 32
+
+    assert main(["-q", "convert", str(tmp_path / "tulip.pt"), str(tmp_path / "dir")]) == 0
+    direct, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
+    converted, _ = longclip.load(tmp_path / "dir", dtype="float32")
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], tensor), name
+    assert main(["convert", str(tmp_path / "tulip.pt"), str(tmp_path / "x.pt"), "--to", "longclip-pt"]) != 0
+    assert "CLIP's layout only" in capsys.readouterr().err
