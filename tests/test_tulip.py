@@ -336,3 +336,16 @@ def test_cli_info_and_convert_read_a_released_tulip_checkpoint(tmp_path, capsys)
         assert torch.equal(converted.state_dict()[name], tensor), name
     assert main(["convert", str(tmp_path / "tulip.pt"), str(tmp_path / "x.pt"), "--to", "longclip-pt"]) != 0
     assert "CLIP's layout only" in capsys.readouterr().err
+
+
+def test_clip_score_takes_a_tulip_and_its_long_texts():
+    from PIL import Image
+
+    from longclip.metrics import clip_score
+
+    model = _tulip(context_length=512)
+    images = [Image.new("RGB", (40, 40), (200, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 200))]
+    texts = [_long_text(400), "a blue picture."]
+    scores = clip_score(images, texts, model, long_texts="error")
+    expected = 100 * (model.embed_images(images) * model.embed_texts(texts, long_texts="error")).sum(-1).clamp(min=0)
+    torch.testing.assert_close(scores, expected)
