@@ -38,14 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..images import ImageLoadError, open_image
+from ..images import IMAGE_EXTENSIONS, ImageLoadError, open_image
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WORK_DIR = "work"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 AUTO_APPROXIMATE_FROM = 100_000  # below this many vectors an exact search is fast enough (milliseconds per query)
@@ -572,7 +571,7 @@ def build_index(
     rank, world = _distributed()
     files = scan_images(root)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     work = out / WORK_DIR
     fingerprint = model_fingerprint(model)
     old = None if rebuild else _existing(out, fingerprint, model_id)
