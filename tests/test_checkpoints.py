@@ -47,7 +47,7 @@ def test_released_longclip_pt_matches_the_original_forward(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "longclip-B.pt")
     model, preprocess = longclip.load(tmp_path / "longclip-B.pt")
     assert model.context_length == 248
-    assert model.config.longclip_keep_rows == 20
+    assert model.config.keep_positions == 20
     assert preprocess.image_size == 32
     assert model.clip.config._attn_implementation == "sdpa"  # torch's scaled_dot_product_attention
     _assert_same_features(model, reference)
@@ -58,7 +58,7 @@ def test_masks_stored_in_the_checkpoint_decide_the_kept_rows(tmp_path):
     reference = _reference(long=True, keep=12, masks_in_state_dict=True)
     torch.save(reference.state_dict(), tmp_path / "custom.pt")
     model, _ = longclip.load(tmp_path / "custom.pt")
-    assert model.config.longclip_keep_rows == 12
+    assert model.config.keep_positions == 12
     _assert_same_features(model, reference)
 
 

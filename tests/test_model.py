@@ -137,7 +137,7 @@ def test_load_from_clip_stretches_a_77_token_clip(tmp_path):
     LongCLIPModel(clip).save_pretrained(tmp_path)
     original = clip.text_model.embeddings.position_embedding.weight.detach()
     model, preprocess = longclip.load_from_clip(tmp_path)
-    assert model.context_length == 248 and model.config.longclip_keep_rows == 20
+    assert model.context_length == 248 and model.config.keep_positions == 20
     table = model.clip.text_model.embeddings.position_embedding.weight.detach()
     torch.testing.assert_close(table, stretch_positional_embedding(original), atol=0, rtol=0)
     assert model.clip.text_model.embeddings.position_embedding.weight.requires_grad
@@ -149,7 +149,7 @@ def test_load_from_clip_stretches_a_77_token_clip(tmp_path):
     assert model.embed_texts([LONG[0]]).shape == (1, 16)
 
     linear, _ = longclip.load_from_clip(tmp_path, mode="linear")
-    assert linear.context_length == 248 and linear.config.longclip_keep_rows == 0
+    assert linear.context_length == 248 and linear.config.keep_positions == 0
 
     model.save_pretrained(tmp_path / "stretched")
     with pytest.raises(ValueError, match="has a 248-token text context, expected CLIP's 77"):
@@ -163,7 +163,7 @@ def test_reduced_precision_inference_stays_close(tmp_path):
     assert half.dtype == torch.bfloat16
     similarity = (full.embed_texts(SHORT + LONG) * half.embed_texts(SHORT + LONG)).sum(-1)
     assert (similarity > 0.99).all()
-    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16"):
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, float16, bfloat16"):
         longclip.load(tmp_path, dtype="int8")
 
 

@@ -38,9 +38,9 @@ def test_saved_models_load_with_their_contexts(run):
     clip77, _ = longclip.load(run / "clip77")
     assert clip77.context_length == 77
     tuned, _ = longclip.load(run / "longclip" / "model")
-    assert tuned.context_length == 248 and tuned.config.longclip_keep_rows == 20
+    assert tuned.context_length == 248 and tuned.config.keep_positions == 20
     linear, _ = longclip.load(run / "linear" / "model")
-    assert linear.config.longclip_keep_rows == 0
+    assert linear.config.keep_positions == 0
 
 
 def test_a_second_run_reuses_the_data_and_the_pretrained_clip(run):

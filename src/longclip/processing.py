@@ -8,8 +8,6 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import config_from_openai, read_state_dict
-from .checkpoints.hub import resolve
 from .images import ImageTransform
 from .tokenizer import LongCLIPTokenizer, get_tokenizer
 
@@ -49,20 +47,31 @@ class LongCLIPProcessor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> LongCLIPProcessor:
-        """The processor of any checkpoint ``longclip.load`` accepts, without loading the model's weights."""
-        path = resolve(name_or_path, revision)
-        if path.is_dir() and (path / "config.json").is_file():
-            from transformers import CLIPConfig
+        """The processor of any CLIP-family checkpoint ``longclip.load`` accepts.
 
-            config = CLIPConfig.from_pretrained(path)
-            transform = ImageTransform.from_directory(path, config.vision_config.image_size)
+        A transformers directory's weights are not read (its config says all); a single ``.pt`` file is read to
+        learn its architecture, but no model is built.
+
+        Raises:
+            ValueError: The checkpoint is of another model family (its tokenizer is ``model.tokenizer``).
+        """
+        from .checkpoints import read_config  # imported here: models import this module, and never checkpoints
+        from .models import LongCLIPModel, family_for
+        from .models.clip import clip_config, clip_context_length
+
+        checkpoint = read_config(name_or_path, revision)
+        if not issubclass(family_for(checkpoint), LongCLIPModel):
+            raise ValueError(
+                f"{name_or_path} is a {checkpoint.family!r} model; LongCLIPProcessor is CLIP's. "
+                "Use the model's own tokenizer and image_transform (longclip.load)"
+            )
+        config = clip_config(checkpoint.config)  # fills in what config.json leaves at transformers' defaults
+        size = config.vision_config.image_size
+        if checkpoint.directory is not None:
+            transform = ImageTransform.from_directory(checkpoint.directory, size)
         else:
-            from .checkpoints import _single_weight_file
-
-            file = _single_weight_file(path) if path.is_dir() else path
-            config = config_from_openai(read_state_dict(file))
-            transform = ImageTransform.for_size(config.vision_config.image_size)
-        return cls(get_tokenizer(config.text_config.max_position_embeddings), transform)
+            transform = ImageTransform.for_size(size)
+        return cls(get_tokenizer(clip_context_length(config)), transform)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write transformers tokenizer and image-processor files."""

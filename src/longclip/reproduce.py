@@ -108,14 +108,18 @@ def prepare_data(directory: Path, scale: Scale, seed: int) -> dict[str, Path]:
 
 
 def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, device: str | None) -> Path:
-    """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings."""
+    """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings.
+
+    The from-scratch model is written out first (``pretrain-run/init``) and trained with ``longclip train``'s plain
+    CLIP method on the short captions, as a user would run it.
+    """
+    import shutil
+
     from transformers import CLIPModel
 
-    from .data import CaptionedImage, read_pairs
     from .models import LongCLIPModel
-    from .train import LongCLIPObjective, TrainConfig, fit
-    from .train.distributed import setup_distributed
-    from .train.trainer import pair_batches
+    from .train import TrainConfig, train
+    from .train.tasks import CLIPOptions
 
     settings = {"scale": asdict(scale), "seed": seed}
     stamp = directory / "reproduce.json"
@@ -123,22 +127,19 @@ def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, de
         logger.info("reusing the pre-trained CLIP in %s", directory)
         return directory
 
+    run = directory.parent / "pretrain-run"
     torch.manual_seed(seed)
-    model = LongCLIPModel(CLIPModel(small_clip_config(scale)))
-    context = setup_distributed(device)
-    model.to(context.device)
-    config = TrainConfig(
-        model="(from scratch)", data=str(data["pretrain"]), output=str(directory.parent / "pretrain-run"),
-        epochs=scale.pretrain_epochs, batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1,
-        warmup_steps=20, label_smoothing=0.0, short_loss_weight=0.0, num_workers=0, seed=seed, save_every=10**9,
-        keep_checkpoints=1, device=device,
+    LongCLIPModel(CLIPModel(small_clip_config(scale))).save_pretrained(run / "init")
+    config = TrainConfig.for_method(
+        "clip", model=str(run / "init"), data=str(data["pretrain"]), output=str(run), epochs=scale.pretrain_epochs,
+        batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1, warmup_steps=20, num_workers=0,
+        seed=seed, save_every=10**9, keep_checkpoints=1, device=device,
     )  # fmt: skip
     # Pre-training text is the short caption: CLIP's own pre-training sees mostly short alt-text.
-    pairs = [CaptionedImage(p.image, p.short_caption, p.short_caption) for p in read_pairs(data["pretrain"])]
-    batches, steps_per_epoch = pair_batches(pairs, model, config, context)
-    objective = LongCLIPObjective(short_loss_weight=0.0, label_smoothing=0.0)  # plain CLIP loss
-    fit(model, objective, batches, steps_per_epoch, config, context)
-    model.save_pretrained(directory)
+    summary = train(config, CLIPOptions(caption="short", label_smoothing=0.0))
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.move(summary["model"], directory)
     stamp.write_text(json.dumps(settings))
     return directory
 
@@ -146,13 +147,14 @@ def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, de
 def finetune(source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, **variant) -> Path:
     """Fine-tune one variant from the pre-trained CLIP with ``longclip train``'s recipe; returns the model path."""
     from .train import TrainConfig, train
+    from .train.tasks import LongCLIPOptions
 
-    config = TrainConfig(
-        model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
+    config = TrainConfig.for_method(
+        "longclip", model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
         batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10, num_workers=0, seed=seed,
-        save_every=10**9, keep_checkpoints=1, device=device, **variant,
+        save_every=10**9, keep_checkpoints=1, device=device,
     )  # fmt: skip
-    return Path(train(config)["model"])
+    return Path(train(config, LongCLIPOptions(**variant))["model"])
 
 
 def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:

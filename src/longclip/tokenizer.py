@@ -7,7 +7,9 @@ original tokenizer (ftfy, HTML unescaping twice, whitespace collapsing), without
 would get other ids than the released models were trained with.
 
 Padding follows the original code: id 0 after the end-of-text token. The models never look at it, because the text
-tower is causal and pools the end-of-text position.
+tower is causal and pools the end-of-text position. ``LongCLIPTokenizer`` implements ``longclip.text.TextTokenizer``
+(``pad`` / ``batch`` return a ``TextBatch`` with its attention mask); ``tokenize`` and calling the tokenizer keep
+returning the plain id tensor of the original API.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from importlib import resources
 
 import ftfy
 import torch
+
+from .text import TextBatch, pad_ids
 
 DEFAULT_CONTEXT_LENGTH = 248  # Long-CLIP's context: 20 kept positions + 57 stretched four times
 CLIP_CONTEXT_LENGTH = 77  # the context every OpenAI CLIP was trained with
@@ -64,11 +68,15 @@ def clean_text(text: str) -> str:
 
 
 class LongCLIPTokenizer:
-    """CLIP BPE tokenizer producing fixed-length id tensors for a given context length.
+    """CLIP BPE tokenizer for a given context length; a ``longclip.text.TextTokenizer``.
 
     Args:
         context_length: Number of positions of the text tower (248 for Long-CLIP, 77 for CLIP).
     """
+
+    pad_id = PAD_ID
+    start_id = SOT_ID
+    end_id = EOT_ID
 
     def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH):
         if context_length < 2:
@@ -101,18 +109,36 @@ class LongCLIPTokenizer:
                 that does not fit raises ``ValueError`` naming its position and token count.
         """
         length = context_length or self.context_length
-        return pad_token_ids(self.encode(texts), length, truncate=truncate)
+        return self.pad(self.encode(texts), length, truncate=truncate).input_ids
 
-    def chunk(self, text: str, context_length: int | None = None) -> list[list[int]]:
+    def truncate(self, ids: Sequence[int], length: int) -> list[int]:
+        """Cut an id list to ``length`` ids with the end token last, as Long-CLIP does (the model pools it)."""
+        return truncate_clip_ids(ids, length)
+
+    def chunk(self, text: str, length: int | None = None) -> list[list[int]]:
         """Split one text's tokens into consecutive pieces that each fit the context, each with start and end tokens.
 
         A text that fits gives one piece. Used by ``embed_texts(long_texts="chunk")``.
         """
-        length = context_length or self.context_length
+        length = length or self.context_length
         body = self.encode(text)[0][1:-1]
         step = length - 2
         pieces = [body[i : i + step] for i in range(0, len(body), step)] or [[]]
         return [[SOT_ID, *piece, EOT_ID] for piece in pieces]
+
+    def pad(self, ids: Sequence[Sequence[int]], length: int | None = None, truncate: bool = False) -> TextBatch:
+        """Pad id lists with 0 into a ``TextBatch``, ``length`` wide (default: the longest list, at most the context).
+
+        Args:
+            ids: Id lists, start and end tokens included.
+            length: Width of the batch (rows longer than it are too long); by default the context is the limit.
+            truncate: Cut too-long rows with the end token last; otherwise they raise ``ValueError``.
+        """
+        return pad_ids(ids, self.pad_id, self.context_length, self.truncate, length=length, truncate=truncate)
+
+    def batch(self, texts: str | Sequence[str], truncate: bool = False) -> TextBatch:
+        """Tokenize texts into a ``TextBatch`` as wide as its longest text (at most the context)."""
+        return self.pad(self.encode(texts), truncate=truncate)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write transformers tokenizer files (``model_max_length`` = the context length) into ``directory``."""
@@ -120,18 +146,16 @@ class LongCLIPTokenizer:
 
 
 def pad_token_ids(ids: Sequence[Sequence[int]], context_length: int, truncate: bool = False) -> torch.Tensor:
-    """Pack id lists into a zero-padded ``[N, context_length]`` tensor, truncating as Long-CLIP does if asked."""
-    result = torch.full((len(ids), context_length), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(ids):
-        if len(row) > context_length:
-            if not truncate:
-                raise ValueError(
-                    f"text {i} has {len(row)} tokens, more than the context length {context_length}; "
-                    "pass truncate=True to cut it, or embed it in chunks (long_texts='chunk')"
-                )
-            row = [*row[: context_length - 1], EOT_ID]
-        result[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return result
+    """Pack CLIP id lists into a zero-padded ``[N, context_length]`` tensor, truncating as Long-CLIP does if asked."""
+    return pad_ids(ids, PAD_ID, context_length, truncate_clip_ids, length=context_length, truncate=truncate).input_ids
+
+
+def truncate_clip_ids(ids: Sequence[int], length: int) -> list[int]:
+    """CLIP ids cut to ``length`` with the end token last (what Long-CLIP's ``truncate=True`` does)."""
+    if length < 2:
+        raise ValueError(f"length must be at least 2 (start and end tokens), got {length}")
+    ids = list(ids)
+    return ids if len(ids) <= length else [*ids[: length - 1], EOT_ID]
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:

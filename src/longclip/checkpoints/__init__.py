@@ -1,28 +1,37 @@
-"""Loading any CLIP checkpoint into a transformers ``CLIPModel``, and writing the released format back.
+"""Reading checkpoints: files in, ``Checkpoint`` (config + state dict in a family's layout) out. Never models.
 
-Sources: a released Long-CLIP ``.pt``, an OpenAI CLIP ``.pt`` (TorchScript archive or state dict), a
-transformers CLIP directory (this package writes those), a safetensors file in OpenAI's layout, or a hub id that
-resolves to any of these. The format is detected from file contents and tensor names, never from the file name.
+Sources: a transformers-style directory (``config.json`` + safetensors, or a weights-only ``.bin``; this package
+writes those), or a single file in a registered layout (``layouts.py``: a released Long-CLIP ``.pt``, an OpenAI CLIP
+``.pt`` as state dict or TorchScript archive, a safetensors file in OpenAI's layout, ...), or a hub id that resolves
+to any of these. The format is detected from file contents and tensor names, never from the file name.
+``longclip.models.build_model`` turns a ``Checkpoint`` into a model.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPConfig, CLIPModel
 
-from ..positions import LONGCLIP_KEEP_ROWS
+from ..positions import LONGCLIP_KEEP_POSITIONS, keep_positions_of
 from ..tokenizer import CLIP_CONTEXT_LENGTH
-from .convert import HEAD_WIDTH, _heads, config_from_openai, detect_format, hf_to_openai, openai_to_hf
+from .convert import HEAD_WIDTH, config_from_openai, detect_format, heads_for_width, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
+from .layouts import Layout, find_layout, layouts, register_layout, unknown_layout_error
 from .reading import CheckpointError, read_state_dict
 
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPModel
+
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "HubUnavailableError",
+    "Layout",
     "LoadedCheckpoint",
     "available_models",
     "check_pt_compatible",
@@ -30,43 +39,51 @@ __all__ = [
     "detect_format",
     "hf_to_openai",
     "is_hub_id",
+    "layouts",
     "load_clip",
     "openai_to_hf",
+    "read_checkpoint",
+    "read_config",
     "read_state_dict",
+    "register_layout",
     "save_longclip_pt",
+    "single_weight_file",
 ]
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass
-class LoadedCheckpoint:
-    """A loaded CLIP and where it came from.
+class Checkpoint:
+    """What a checkpoint holds, in the layout of the family that builds it.
 
     Attributes:
-        model: The weights as a transformers ``CLIPModel`` in float32 on the CPU, in eval mode.
-        format: ``"longclip-pt"`` (released Long-CLIP), ``"openai"`` (OpenAI CLIP state dict or TorchScript
-            archive) or ``"hf"`` (transformers directory).
+        state_dict: The tensors, in the family's own key layout, in their stored dtypes, on the CPU.
+        config: The family's config (what its ``config.json`` holds), with ``"model_type"``.
+        family: The registry name of the family that builds it; for a transformers directory, its ``model_type``
+            (the registry maps model types to families).
+        format: How it was stored: ``"hf"`` (a transformers directory) or a layout name (``"openai"``,
+            ``"longclip-pt"``, ...).
         path: The file or directory read.
-        directory: The directory whose tokenizer / preprocessor configs apply, for ``"hf"`` checkpoints.
-        stored_dtypes: The dtypes of the floating-point weights as stored on disk (``model`` is always float32);
-            empty where the files do not say (a transformers directory without safetensors).
+        directory: Where tokenizer / preprocessor files live (transformers directories only).
+        stored_dtypes: The floating-point dtypes of the weights as stored, sorted.
     """
 
-    model: CLIPModel
+    state_dict: dict[str, torch.Tensor]
+    config: dict
+    family: str
     format: str
     path: Path
     directory: Path | None = None
-    stored_dtypes: tuple[str, ...] = ()
+    stored_dtypes: tuple[str, ...] = field(default=())
 
     @property
-    def keep_rows(self) -> int | None:
-        """Leading rows of the text position table that Long-CLIP keeps frozen, if this is a Long-CLIP."""
-        return getattr(self.model.config, "longclip_keep_rows", None)
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
 
 
-def load_clip(name_or_path: str | os.PathLike, revision: str | None = None) -> LoadedCheckpoint:
-    """Load any supported CLIP checkpoint as a transformers ``CLIPModel``.
+def read_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+    """Read any supported checkpoint: a transformers directory, a file in a registered layout, or a hub id.
 
     Args:
         name_or_path: A file, a directory, or a hub id such as ``BeichenZhang/LongCLIP-B``.
@@ -74,52 +91,84 @@ def load_clip(name_or_path: str | os.PathLike, revision: str | None = None) -> L
 
     Raises:
         FileNotFoundError: Nothing at that path and not a hub id, or a hub id neither cached nor downloadable.
-        CheckpointError: The file is unreadable, would run code, or its tensors do not form a CLIP.
+        CheckpointError: The file is unreadable, would run code, or its tensors match no known layout (or do not
+            have the shapes its layout needs; the message names the tensor).
     """
     path = resolve(name_or_path, revision)
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _hf_checkpoint(path)
-        path = _single_weight_file(path)
+            return read_directory(path)
+        path = single_weight_file(path)
     state_dict = read_state_dict(path)
-    layout = detect_format(state_dict)
-    if layout == "hf":
+    layout = find_layout(state_dict)
+    if layout is None:
         if (path.parent / "config.json").is_file():
-            return _hf_checkpoint(path.parent)
-        raise CheckpointError(f"{path} holds transformers-layout weights without a config.json beside it")
-    stored = _dtype_names(str(t.dtype).removeprefix("torch.") for t in state_dict.values() if t.is_floating_point())
+            return read_directory(path.parent)
+        if "text_model.embeddings.token_embedding.weight" in state_dict:
+            raise CheckpointError(f"{path} holds transformers-layout weights without a config.json beside it")
+        raise unknown_layout_error(state_dict)
     try:
-        config, hf_state_dict = openai_to_hf(state_dict)
+        config, converted = layout.convert(state_dict)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    return LoadedCheckpoint(_build(config, hf_state_dict, path), layout, path, stored_dtypes=stored)
+    return Checkpoint(converted, config, layout.family, layout.name, path, stored_dtypes=stored_dtypes(state_dict))
 
 
-def _hf_checkpoint(folder: Path) -> LoadedCheckpoint:
-    return LoadedCheckpoint(
-        _load_hf_directory(folder), "hf", folder, directory=folder, stored_dtypes=_safetensors_dtypes(folder)
-    )
+def read_config(name_or_path: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+    """Like ``read_checkpoint``, but a transformers directory's weights are not read (``state_dict`` is empty).
+
+    For what only needs the config (a processor, a tokenizer); a single file has to be read whole.
+    """
+    path = resolve(name_or_path, revision)
+    if path.is_dir() and (path / "config.json").is_file():
+        config = read_config_json(path)
+        return Checkpoint({}, config, config["model_type"], "hf", path, directory=path)
+    return read_checkpoint(path)
 
 
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+def read_directory(folder: Path) -> Checkpoint:
+    """A transformers-style directory: ``config.json`` as a dict, and its safetensors (or ``.bin``) weights."""
+    config = read_config_json(folder)
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        state_dict.update(read_state_dict(file))
+    dtypes = stored_dtypes(state_dict)
+    return Checkpoint(state_dict, config, config["model_type"], "hf", folder, directory=folder, stored_dtypes=dtypes)
 
 
-def _safetensors_dtypes(folder: Path) -> tuple[str, ...]:
-    """Floating-point dtypes in the safetensors headers of a directory (headers only: no tensor is read)."""
-    from safetensors import safe_open
-
-    codes = []
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            codes.extend(f.get_slice(key).get_dtype() for key in f.keys())
-    return _dtype_names(_SAFETENSORS_DTYPES.get(c, c.lower()) for c in codes if c.startswith(("F", "BF")))
-
-
-def _dtype_names(names) -> tuple[str, ...]:
-    return tuple(sorted(set(names)))
+def read_config_json(folder: Path) -> dict:
+    """``folder/config.json`` as a dict, checked to name a ``model_type``."""
+    file = folder / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is not a readable JSON config: {e}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise CheckpointError(f"{file} does not name a model_type, so no model family can be chosen for it")
+    return config
 
 
-def _single_weight_file(folder: Path) -> Path:
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a transformers directory: safetensors (one file or an index of shards), else ``.bin``."""
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"{index} is not a readable weight index: {e}") from e
+            return [folder / name for name in shards]
+        if (folder / single).is_file():
+            return [folder / single]
+    found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+    raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (found: {found})")
+
+
+def single_weight_file(folder: Path) -> Path:
+    """The one checkpoint file in a directory without ``config.json``."""
     candidates = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
@@ -129,50 +178,73 @@ def _single_weight_file(folder: Path) -> Path:
     return candidates[0]
 
 
-def _check_loading_info(info: dict, where: Path) -> None:
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-        entries = [e for e in info.get(kind, []) if not str(e).endswith("position_ids")]
-        if entries:
-            problems.append(f"{kind.replace('_', ' ')}: {', '.join(map(str, entries[:8]))}")
-    if problems:
-        raise CheckpointError(f"{where} does not hold a complete CLIP ({'; '.join(problems)})")
+def stored_dtypes(state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The floating-point dtypes of a state dict's tensors, sorted (``("float16",)``)."""
+    names = {str(t.dtype).removeprefix("torch.") for t in state_dict.values() if t.is_floating_point()}
+    return tuple(sorted(names))
 
 
-def _build(config: CLIPConfig, state_dict: dict[str, torch.Tensor], where: Path) -> CLIPModel:
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    model, info = CLIPModel.from_pretrained(
-        None, config=config, state_dict=state_dict, attn_implementation="sdpa", output_loading_info=True
-    )
-    _check_loading_info(info, where)
-    return model.float().eval()
+# --- compatibility: load_clip returned a built transformers CLIPModel -------------------------------------------
 
 
-def _load_hf_directory(folder: Path) -> CLIPModel:
-    try:
-        config = CLIPConfig.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}/config.json is not a CLIP config: {e}") from e
-    if config.model_type != "clip":
-        raise CheckpointError(f"{folder}/config.json describes a {config.model_type!r} model, expected 'clip'")
-    try:
-        model, info = CLIPModel.from_pretrained(
-            folder, attn_implementation="sdpa", dtype=torch.float32, output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not read the weights in {folder} (truncated or corrupt?): {e}") from e
-    _check_loading_info(info, folder)
-    return model.eval()
+@dataclass
+class LoadedCheckpoint:
+    """A loaded CLIP and where it came from (what ``load_clip`` returns; kept for compatibility).
+
+    Attributes:
+        model: The weights as a transformers ``CLIPModel`` in float32 on the CPU, in eval mode.
+        format: ``"longclip-pt"``, ``"openai"`` or ``"hf"``.
+        path: The file or directory read.
+        directory: The directory whose tokenizer / preprocessor configs apply, for ``"hf"`` checkpoints.
+        stored_dtypes: The dtypes of the floating-point weights as stored on disk.
+    """
+
+    model: CLIPModel
+    format: str
+    path: Path
+    directory: Path | None = None
+    stored_dtypes: tuple[str, ...] = ()
+
+    @property
+    def keep_positions(self) -> int | None:
+        """Leading rows of the text position table that Long-CLIP keeps frozen, if this is a Long-CLIP."""
+        return keep_positions_of(self.model.config)
+
+    @property
+    def keep_rows(self) -> int | None:
+        """Old name of ``keep_positions``."""
+        return self.keep_positions
+
+
+def load_clip(name_or_path: str | os.PathLike, revision: str | None = None) -> LoadedCheckpoint:
+    """Compatibility wrapper: ``read_checkpoint`` + the CLIP family's builder, returning the ``CLIPModel``.
+
+    New code uses ``longclip.load`` (or ``read_checkpoint`` and ``longclip.models.build_model``).
+
+    Raises:
+        CheckpointError: As ``read_checkpoint``, or the checkpoint is not of the CLIP family.
+    """
+    from ..models import build_model  # models build; this wrapper only forwards
+
+    checkpoint = read_checkpoint(name_or_path, revision)
+    model = build_model(checkpoint)
+    clip = getattr(model, "clip", None)
+    if clip is None:
+        raise CheckpointError(f"{checkpoint.path} is a {checkpoint.family!r} model, not a CLIP")
+    return LoadedCheckpoint(clip, checkpoint.format, checkpoint.path, checkpoint.directory, checkpoint.stored_dtypes)
+
+
+# --- writing the released format ---------------------------------------------------------------------------------
 
 
 def check_pt_compatible(config: CLIPConfig) -> None:
     """Raise ``ValueError`` if the ``.pt`` layout cannot describe this architecture (it has no field for heads)."""
     for tower in (config.text_config, config.vision_config):
-        if tower.num_attention_heads != _heads(tower.hidden_size):
+        if tower.num_attention_heads != heads_for_width(tower.hidden_size):
             raise ValueError(
                 f"the .pt layout cannot record attention heads; readers assume width // {HEAD_WIDTH} = "
-                f"{_heads(tower.hidden_size)}, but this model's {tower.model_type} has {tower.num_attention_heads}. "
-                "Save it with save_pretrained instead."
+                f"{heads_for_width(tower.hidden_size)}, but this model's {tower.model_type} has "
+                f"{tower.num_attention_heads}. Save it with save_pretrained instead."
             )
 
 
@@ -184,8 +256,8 @@ def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
     is no Long-CLIP is written in OpenAI's layout, with a single table, as OpenAI's loader expects.
     """
     check_pt_compatible(model.config)
-    keep = getattr(model.config, "longclip_keep_rows", None)
-    if keep is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
-        keep = LONGCLIP_KEEP_ROWS
-    state_dict = hf_to_openai(model.state_dict(), model.config, keep=keep)
+    keep_positions = keep_positions_of(model.config)
+    if keep_positions is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
+        keep_positions = LONGCLIP_KEEP_POSITIONS
+    state_dict = hf_to_openai(model.state_dict(), model.config, keep_positions=keep_positions)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))

@@ -19,9 +19,14 @@ from collections.abc import Mapping
 import torch
 from transformers import CLIPConfig
 
-from ..positions import LONGCLIP_KEEP_ROWS, fold_positional_tables, keep_rows_from_mask
+from ..positions import (
+    LONGCLIP_KEEP_POSITIONS,
+    fold_positional_tables,
+    keep_positions_from_mask,
+    unfold_positional_tables,
+)
 from ..tokenizer import EOT_ID, PAD_ID, SOT_ID
-from .reading import CheckpointError, _sample
+from .reading import CheckpointError, sample_keys
 
 HEAD_WIDTH = 64  # OpenAI CLIP's per-head width; heads = width // 64
 # Non-weight entries that OpenAI's TorchScript archives carry beside the weights.
@@ -76,7 +81,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "hf"
     raise CheckpointError(
         "unknown checkpoint layout: not OpenAI CLIP, Long-CLIP nor transformers CLIP. "
-        f"Keys seen: {_sample(sorted(keys))}"
+        f"Keys seen: {sample_keys(sorted(keys))}"
     )
 
 
@@ -88,7 +93,7 @@ def _count_blocks(keys: set[str], prefix: str) -> int:
     return len(found)
 
 
-def _heads(width: int) -> int:
+def heads_for_width(width: int) -> int:
     return max(1, width // HEAD_WIDTH)
 
 
@@ -103,7 +108,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
     sd, keys = state_dict, set(state_dict)
     for required in ("visual.conv1.weight", "visual.positional_embedding", "ln_final.weight", "visual.proj"):
         if required not in keys:
-            raise CheckpointError(f"OpenAI-layout checkpoint lacks {required}; keys seen: {_sample(sorted(keys))}")
+            raise CheckpointError(f"OpenAI-layout checkpoint lacks {required}; keys seen: {sample_keys(sorted(keys))}")
     vision_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     if grid * grid + 1 != sd["visual.positional_embedding"].shape[0]:
@@ -121,7 +126,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
         hidden_size=text_width,
         intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=text_layers,
-        num_attention_heads=_heads(text_width),
+        num_attention_heads=heads_for_width(text_width),
         max_position_embeddings=sd["positional_embedding"].shape[0],
         hidden_act="quick_gelu",  # OpenAI CLIP's activation; transformers defaults to it for CLIP too
         bos_token_id=SOT_ID,
@@ -132,7 +137,7 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
         hidden_size=vision_width,
         intermediate_size=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=vision_layers,
-        num_attention_heads=_heads(vision_width),
+        num_attention_heads=heads_for_width(vision_width),
         image_size=patch * grid,
         patch_size=patch,
         hidden_act="quick_gelu",
@@ -143,9 +148,9 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
 def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Convert an OpenAI CLIP or released Long-CLIP state dict to transformers' layout.
 
-    Long-CLIP's two position tables are folded into one (rows below ``keep`` from ``positional_embedding``, the rest
-    from ``positional_embedding_res``; ``keep`` is read from ``mask1`` when present, else 20). The number of kept
-    rows is recorded as ``config.longclip_keep_rows`` so fine-tuning can freeze them again.
+    Long-CLIP's two position tables are folded into one (rows below ``keep_positions`` from ``positional_embedding``,
+    the rest from ``positional_embedding_res``; ``keep_positions`` is read from ``mask1`` when present, else 20).
+    It is recorded as ``config.keep_positions`` so fine-tuning can freeze those rows again.
 
     Raises:
         CheckpointError: A tensor is missing, left over, or has an unexpected shape (the message names it).
@@ -163,12 +168,12 @@ def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, di
     table = take("positional_embedding", (tc.max_position_embeddings, tc.hidden_size))
     if "positional_embedding_res" in remaining:
         trained = take("positional_embedding_res", tuple(table.shape))
-        keep = LONGCLIP_KEEP_ROWS
+        keep_positions = LONGCLIP_KEEP_POSITIONS
         if "mask1" in remaining:
-            keep = keep_rows_from_mask(take("mask1", (table.shape[0], 1)))
+            keep_positions = keep_positions_from_mask(take("mask1", (table.shape[0], 1)))
             remaining.pop("mask2", None)
-        table = fold_positional_tables(table, trained, keep)
-        config.longclip_keep_rows = keep
+        table = fold_positional_tables(table, trained, keep_positions)
+        config.keep_positions = keep_positions
     out["text_model.embeddings.position_embedding.weight"] = table
 
     shapes = {
@@ -217,22 +222,23 @@ def openai_to_hf(state_dict: Mapping[str, torch.Tensor]) -> tuple[CLIPConfig, di
 
     if remaining:
         raise CheckpointError(
-            f"unexpected tensors in the checkpoint, not part of a CLIP: {_sample(sorted(remaining))}"
+            f"unexpected tensors in the checkpoint, not part of a CLIP: {sample_keys(sorted(remaining))}"
         )
     return config, out
 
 
 def hf_to_openai(
-    state_dict: Mapping[str, torch.Tensor], config: CLIPConfig, keep: int | None = None
+    state_dict: Mapping[str, torch.Tensor], config: CLIPConfig, keep_positions: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Convert transformers-layout CLIP weights back to OpenAI's layout.
 
     Args:
         state_dict: ``CLIPModel.state_dict()``.
         config: Its config (for the block counts).
-        keep: If given, write the released Long-CLIP format: ``positional_embedding`` and
+        keep_positions: If given, write the released Long-CLIP format: ``positional_embedding`` and
             ``positional_embedding_res`` both hold the table (so their masked sum is the table again, whatever
-            ``keep`` a reader assumes), without ``mask1``/``mask2``, which the original loader does not accept.
+            ``keep_positions`` a reader assumes), without ``mask1``/``mask2``, which the original loader does not
+            accept.
     """
     sd = dict(state_dict)
     sd.pop("text_model.embeddings.position_ids", None)
@@ -244,9 +250,10 @@ def hf_to_openai(
     for src, dst in _OPENAI_TRANSPOSED.items():
         out[src] = sd.pop(dst).T.contiguous()
     table = sd.pop("text_model.embeddings.position_embedding.weight")
-    out["positional_embedding"] = table
-    if keep is not None:
-        out["positional_embedding_res"] = table.clone()
+    if keep_positions is None:
+        out["positional_embedding"] = table
+    else:
+        out["positional_embedding"], out["positional_embedding_res"] = unfold_positional_tables(table)
     inverse_block = {dst: src for src, dst in _OPENAI_BLOCK.items()}
     for openai_prefix, hf_prefix in _TOWERS.items():
         tower = config.text_config if openai_prefix.startswith("transformer") else config.vision_config
@@ -258,5 +265,5 @@ def hf_to_openai(
             for hf_name, openai_name in inverse_block.items():
                 out[dst + openai_name] = sd.pop(src + hf_name)
     if sd:
-        raise CheckpointError(f"tensors with no place in OpenAI's layout: {_sample(sorted(sd))}")
+        raise CheckpointError(f"tensors with no place in OpenAI's layout: {sample_keys(sorted(sd))}")
     return out

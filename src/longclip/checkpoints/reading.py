@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
+from ..errors import CheckpointError
 
-class CheckpointError(ValueError):
-    """A checkpoint could not be read or is not what it claims to be. The message names the file."""
+__all__ = ["CheckpointError", "read_state_dict", "sample_keys"]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path} holds a dict without tensors; keys: {_sample(obj)}")
+        raise CheckpointError(f"{path} holds a dict without tensors; keys: {sample_keys(obj)}")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
@@ -195,7 +195,7 @@ def _flatten_script_module(root: object, path: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _sample(keys: object, n: int = 12) -> str:
+def sample_keys(keys: object, n: int = 12) -> str:
     keys = list(keys)
     shown = ", ".join(map(str, keys[:n]))
     return f"{shown}, … ({len(keys)} in all)" if len(keys) > n else shown

@@ -25,7 +25,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .common import PROG, add_output_flags, one_line, output_settings, silence_stdout
+from .common import PROG, CommandParser, add_output_flags, one_line, output_settings, silence_stdout
 
 # One line per command group, in the order `longclip --help` lists them.
 COMMANDS = (
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     add_output_flags(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(commands)
     return parser
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``longclip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     with output_settings(args):
         try:
             return args.func(args)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,29 @@ def add_output_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
         default=default,
         help="print only results and errors: no progress bars, warnings or status lines",
     )
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand parser whose flags may depend on the command line (``train --method NAME`` adds NAME's).
+
+    Functions given to :meth:`before_parse` run once, with the parser and the subcommand's arguments, just before
+    they are parsed (``--help`` included), so a command that is not run never pays for building its flags.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._before_parse: list[Callable[[argparse.ArgumentParser, list[str]], None]] = []
+
+    def before_parse(self, hook: Callable[[argparse.ArgumentParser, list[str]], None]) -> None:
+        """Call ``hook(parser, args)`` before this parser parses ``args``."""
+        self._before_parse.append(hook)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # noqa: D102
+        hooks, self._before_parse = self._before_parse, []
+        given = list(sys.argv[1:] if args is None else args)
+        for hook in hooks:
+            hook(self, given)
+        return super().parse_known_args(given, namespace)
 
 
 _SHARED = argparse.ArgumentParser(add_help=False)

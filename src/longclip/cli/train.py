@@ -26,54 +26,39 @@ complete, model/ (a transformers directory `longclip.load` reads) and longclip.p
 
 
 def register(commands: Any) -> None:
-    """Add the ``train`` subcommand."""
+    """Add the ``train`` subcommand; the flags of the chosen ``--method`` are added when it parses."""
     parser = add_command(
         commands,
         "train",
-        help="fine-tune a CLIP into a Long-CLIP (or continue one) on image / long-caption pairs",
-        description="Fine-tune with Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then "
-        "long captions matched with image features and short captions with their principal components. "
-        "Runs on one device as it is, on many under torchrun.",
+        help="train on image / caption pairs with a method (default: Long-CLIP's fine-tuning recipe)",
+        description="Train with a method (--method; `longclip train --method NAME --help` lists its options). The "
+        "default, longclip, is Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then long "
+        "captions matched with image features and short captions with their principal components. Runs on one "
+        "device as it is, on many under torchrun.",
         epilog=EPILOG,
     )
-    add_train_flags(parser)
+    # Importing the methods costs a torch import: done only when `train` is what is being parsed.
+    parser.before_parse(add_method_flags)
     parser.set_defaults(func=run)
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One option per ``TrainConfig`` field, with its default and help text (the defaults live only there)."""
-    import dataclasses
-    import typing
+def add_method_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The common training settings and those of the ``--method`` in ``argv`` (the defaults live in the library)."""
+    from ..train.options import add_train_arguments, method_from_argv
 
-    from ..train.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        required = field.name in ("model", "data", "output")
-        kind = hints[field.name]
-        help_text = field.metadata["help"] + (
-            "" if required or field.default is None else f" (default: {field.default})"
-        )
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=help_text)
-            continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        convert = base if base in (int, float) else str
-        choices = field.metadata.get("choices")
-        parser.add_argument(
-            flag, type=convert, default=field.default, required=required, choices=choices, help=help_text
-        )
+    try:
+        add_train_arguments(parser, method_from_argv(argv))
+    except ValueError as e:  # an unknown --method: a usage error, named with the known ones
+        parser.error(str(e))
 
 
 def run(args: argparse.Namespace) -> int:
     """Train with the settings given on the command line."""
-    import dataclasses
+    from ..train import train
+    from ..train.options import config_from_args
 
-    from ..train import TrainConfig, train
-
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    summary = train(config)
+    config, options = config_from_args(args)
+    summary = train(config, options)
     if summary["finished"]:
         status(args, f"trained {summary['step']} steps; model written to {summary.get('model', config.output)}")
     else:

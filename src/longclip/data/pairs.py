@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from longclip.data.captions import first_sentence
 from longclip.images import ImageLoadError
-from longclip.tokenizer import LongCLIPTokenizer, pad_token_ids
+from longclip.text import TextTokenizer
 
 __all__ = [
     "CaptionCollator",
@@ -276,20 +276,21 @@ class PairDataset(Dataset):
 class CaptionCollator:
     """Batch :class:`PairDataset` (or :func:`~longclip.data.webdataset_pairs`) items: drop bad ones, tokenize.
 
-    The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids": LongTensor[B, L1], "short_ids":
-    LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}``, where ``B`` is the number of good items and
-    ``num_bad`` the number of ``None`` items dropped. Captions longer than the tokenizer's context are truncated (the
-    end token kept last), and each id tensor is only as wide as the batch's longest caption, so a batch of short
-    captions is not padded to 248 columns; the causal text tower pools the end token, so padding changes nothing.
+    The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids" / "long_mask": LongTensor[B, L1], "short_ids" /
+    "short_mask": LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}`` (ids padded with the tokenizer's
+    ``pad_id``, masks 1 on real tokens), where ``B`` is the number of good items and
+    ``num_bad`` the number of ``None`` items dropped. Captions longer than the tokenizer's context are cut by the
+    tokenizer (CLIP's keeps the end token last), and each id tensor is only as wide as the batch's longest caption,
+    so a batch of short captions is not padded to 248 columns.
     When every item is ``None``, ``pixels`` is ``torch.empty(0)`` (the image size is unknown), the id tensors have
     shape ``[0, 0]``, ``indices`` shape ``[0]`` and ``num_bad`` is ``len(items)``.
     """
 
-    def __init__(self, tokenizer: LongCLIPTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer) -> None:
         """Use ``tokenizer`` (and its context length) for both captions.
 
         Args:
-            tokenizer: The tokenizer, e.g. ``LongCLIPTokenizer(248)``.
+            tokenizer: The model's tokenizer (any ``longclip.text.TextTokenizer``), e.g. ``LongCLIPTokenizer(248)``.
         """
         self.tokenizer = tokenizer
 
@@ -302,21 +303,26 @@ class CaptionCollator:
             return {
                 "pixels": torch.empty(0),
                 "long_ids": empty_ids,
+                "long_mask": empty_ids.clone(),
                 "short_ids": empty_ids.clone(),
+                "short_mask": empty_ids.clone(),
                 "indices": torch.empty(0, dtype=torch.long),
                 "num_bad": num_bad,
             }
+        long_ids, long_mask = self._tokenize([item["caption"] for item in good])
+        short_ids, short_mask = self._tokenize([item["short_caption"] for item in good])
         return {
             "pixels": torch.stack([item["pixels"] for item in good]),
-            "long_ids": self._tokenize([item["caption"] for item in good]),
-            "short_ids": self._tokenize([item["short_caption"] for item in good]),
+            "long_ids": long_ids,
+            "long_mask": long_mask,
+            "short_ids": short_ids,
+            "short_mask": short_mask,
             "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
             "num_bad": num_bad,
         }
 
-    def _tokenize(self, texts: list[str]) -> torch.Tensor:
-        # Only as wide as the batch's longest caption (capped at the context, end token kept last): the causal text
-        # tower pools the end token, so padding past it would change nothing but cost memory and transfer.
-        ids = self.tokenizer.encode(texts)
-        width = min(max(len(row) for row in ids), self.tokenizer.context_length)
-        return pad_token_ids(ids, width, truncate=True)
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Only as wide as the batch's longest caption (capped at the context, cut with the tokenizer's own rule):
+        # padding past it would change nothing but cost memory and transfer.
+        batch = self.tokenizer.batch(texts, truncate=True)
+        return batch.input_ids, batch.attention_mask

@@ -1,6 +1,26 @@
-"""Image-text models. ``clip``: CLIP towers with a stretched position table (Long-CLIP)."""
+"""Image-text models: ``DualEncoder`` subclasses, one per model family, and the registry that picks one.
 
-from .base import DualEncoder
-from .clip import LongCLIPModel, stretch_clip
+``clip``: CLIP towers with a stretched position table (Long-CLIP). A family is added with one ``register_family``
+line (here, or from user code through these public names).
+"""
 
-__all__ = ["DualEncoder", "LongCLIPModel", "stretch_clip"]
+from .base import DualEncoder, check_state_dict, quiet_transformers_progress, resolve_dtype
+from .clip import LongCLIPConfig, LongCLIPModel, stretch_clip
+from .registry import Family, build_model, families, family_for, register_family
+
+register_family("clip", LongCLIPModel, ("clip",))
+
+__all__ = [
+    "DualEncoder",
+    "Family",
+    "LongCLIPConfig",
+    "LongCLIPModel",
+    "build_model",
+    "check_state_dict",
+    "families",
+    "family_for",
+    "quiet_transformers_progress",
+    "register_family",
+    "resolve_dtype",
+    "stretch_clip",
+]
