@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..images import IMAGE_EXTENSIONS
+
 logger = logging.getLogger("longclip.cli")
 
 PROG = "longclip"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DTYPES = ("float32", "float16", "bfloat16")
 LONG_TEXT_MODES = ("truncate", "chunk", "error")
 FORMATTER = argparse.RawDescriptionHelpFormatter
