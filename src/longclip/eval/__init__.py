@@ -8,7 +8,7 @@ model on any registered data set through one code path; ``effective_length`` is 
 from .clipscore import clip_score, clip_score_corpus
 from .datasets import DATASETS, ClassificationSet, RetrievalSet, load_dataset
 from .metrics import retrieval_metrics
-from .runner import evaluate, evaluate_dataset, format_markdown, write_report
+from .runner import evaluate, evaluate_dataset, format_markdown, write_clip_benchmark, write_report
 from .zeroshot import build_classifier, classification_metrics, zero_shot_classify
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "format_markdown",
     "load_dataset",
     "retrieval_metrics",
+    "write_clip_benchmark",
     "write_report",
     "zero_shot_classify",
 ]
