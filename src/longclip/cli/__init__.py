@@ -25,7 +25,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .common import PROG, CommandParser, add_output_flags, one_line, output_settings, silence_stdout
+from .common import PROG, CommandParser, add_output_flags, error_message, output_settings, silence_stdout
 
 # One line per command group, in the order `longclip --help` lists them.
 COMMANDS = (
@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Output piped into e.g. `head`, which stopped reading: not an error worth a message.
             silence_stdout()
             return 1
-        except (OSError, ValueError) as e:  # FileNotFoundError, CheckpointError, ImageLoadError, HubUnavailable...
-            if args.debug:
+        except Exception as e:  # the user's mistakes get one line; anything else is a bug, shown in full
+            message = error_message(e)
+            if args.debug or message is None:
                 raise
-            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{PROG}: error: {message}", file=sys.stderr)
             return 1

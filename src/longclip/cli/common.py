@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -93,6 +94,29 @@ def positive_int(value: str) -> int:
     return number
 
 
+# What --device accepts, the same in every command: auto (CUDA when available, else the CPU) or a torch device.
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps, xpu or xpu:N"
+DEVICE_HELP = f"where to run: {DEVICE_FORMS} (default: auto, CUDA when available, else the CPU)"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def device_arg(value: str) -> str:
+    """argparse type of --device: checked when parsing, so a typo stops before anything is loaded."""
+    device = value.strip().lower()
+    if not _DEVICE_PATTERN.fullmatch(device):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; expected {DEVICE_FORMS}")
+    return device
+
+
+def resolve_device(value: str | None) -> str:
+    """The device --device names: ``auto`` (or None) is CUDA when available, else the CPU."""
+    if value in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
 def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batch_size: int | None = None) -> None:
     """--model, --device, --dtype, --revision and --batch-size."""
     parser.add_argument(
@@ -102,7 +126,7 @@ def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batc
         metavar="M",
         help="checkpoint: Long-CLIP or OpenAI .pt file, transformers directory, or hub id (BeichenZhang/LongCLIP-B)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -166,6 +190,32 @@ def output_settings(args: argparse.Namespace) -> Iterator[None]:
             huggingface_hub.utils.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def library_progress(enabled: bool) -> Iterator[None]:
+    """Progress bars of the library's loops (training, benchmark) on or off (``-q``), put back afterwards.
+
+    The training loop builds its bar with ``tqdm(..., disable=not is_main)``; an explicit ``disable`` wins over
+    tqdm's ``TQDM_DISABLE`` variable, so the bar class the loop uses is swapped for one that stays off.
+    """
+    if enabled:
+        yield
+        return
+    from functools import partial
+
+    from ..train import trainer
+
+    saved = trainer.tqdm
+    trainer.tqdm = partial(_silent_tqdm, saved)
+    try:
+        yield
+    finally:
+        trainer.tqdm = saved
+
+
+def _silent_tqdm(bar_class: Any, *args: Any, **kwargs: Any) -> Any:
+    return bar_class(*args, **{**kwargs, "disable": True})
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (its class name when it has none)."""
     message = " ".join(str(error).split())
@@ -181,10 +231,64 @@ def silence_stdout() -> None:
         pass
 
 
+def is_main_process() -> bool:
+    """False on every process but the first under torchrun (which sets RANK), so that one status line is printed."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
 def status(args: argparse.Namespace, message: str) -> None:
-    """A status line for the user (what was written), unless --quiet."""
-    if not args.quiet:
+    """A status line for the user (what was written), unless --quiet or on a torchrun process other than rank 0."""
+    if not args.quiet and is_main_process():
         print(message)
+
+
+def error_message(error: BaseException) -> str | None:
+    """The one-line message for an error the user can cause (bad input, a file we cannot read), else None.
+
+    None means a bug: ``main`` then lets the traceback through.
+    """
+    import csv
+    import pickle
+    import tarfile
+
+    from ..errors import CheckpointError
+    from ..images import ImageLoadError
+
+    if isinstance(error, (CheckpointError, ImageLoadError)):
+        return one_line(error)
+    if isinstance(error, pickle.UnpicklingError):
+        # torch's message advises weights_only=False, i.e. running code from the file: we never do that.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        return (
+            f"cannot read the file as a checkpoint: it is not a plain tensor pickle{what}; longclip loads weights "
+            "only and never runs code stored in a file (convert it to safetensors with the tool that wrote it)"
+        )
+    if isinstance(error, tarfile.ReadError):
+        return f"cannot read a tar shard: {one_line(error)}"
+    if isinstance(error, csv.Error):
+        return f"malformed CSV: {one_line(error)}"
+    if isinstance(error, RecursionError):
+        return "the input is nested too deeply to read (Python's recursion limit was reached)"
+    if isinstance(error, MemoryError):
+        return "out of memory; try a smaller --batch-size or fewer inputs at once"
+    if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return f"out of GPU memory; try a smaller --batch-size ({one_line(error).split('.')[0]})"
+    if type(error).__name__ == "SafetensorError":
+        return f"cannot read a safetensors file: {one_line(error)}"
+    if type(error).__name__ == "TrainingError":
+        return f"training stopped: {one_line(error)}"
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text: {one_line(error)}"
+    if isinstance(error, ValueError) and type(error).__name__ == "JSONDecodeError":
+        return f"invalid JSON: {one_line(error)}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {error.filename}" if error.filename else one_line(error)
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    if isinstance(error, (OSError, ValueError)):
+        return one_line(error)
+    return None
 
 
 def plural(n: int, noun: str) -> str:
@@ -201,10 +305,7 @@ def load_model(args: argparse.Namespace) -> Any:
 
     from ..api import load
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {one_line(e)}") from e
+    device = torch.device(resolve_device(args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     logger.info("loading %s on %s", args.model, device)
