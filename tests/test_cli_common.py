@@ -249,15 +249,35 @@ def test_feature_files_round_trip_and_refuse_a_half_replaced_pair(tmp_path, monk
 # --- -q and the training summary -------------------------------------------------------------------------------------
 
 
-def test_quiet_turns_the_training_bar_off_and_puts_it_back():
+def test_quiet_turns_the_library_bars_off_and_puts_them_back():
+    from longclip.data import synthetic
+    from longclip.models import base
     from longclip.train import trainer
 
-    original = trainer.tqdm
+    original = [module.tqdm for module in (trainer, synthetic, base)]
     with library_progress(False):
-        assert trainer.tqdm(total=3).disable and trainer.tqdm(total=3, disable=False).disable
-    assert trainer.tqdm is original
+        for module in (trainer, synthetic, base):
+            assert module.tqdm(total=3).disable and module.tqdm(total=3, disable=False).disable
+    assert [module.tqdm for module in (trainer, synthetic, base)] == original
     with library_progress(True):
-        assert trainer.tqdm is original
+        assert trainer.tqdm is original[0]
+
+
+def test_quiet_train_draws_no_bar(tmp_path, capsys):
+    from conftest import tiny_clip
+
+    from longclip import LongCLIPModel
+
+    LongCLIPModel(tiny_clip()).save_pretrained(tmp_path / "model")
+    _image(tmp_path / "a.png")
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "a.png,a grey square\n" * 4)
+    argv = ["train", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "pairs.csv"), "--batch-size", "2"]
+    argv += ["--epochs", "1", "--device", "cpu", "--num-workers", "0", "--pca-components", "1"]
+    assert main([*argv, "--output", str(tmp_path / "loud")]) == 0
+    assert "2/2" in capsys.readouterr().err  # the bar, on stderr, when not quiet
+    assert main(["-q", *argv, "--output", str(tmp_path / "quiet")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "step" not in captured.err
 
 
 def test_train_prints_validation_recall_at_one(tmp_path, monkeypatch, capsys):

@@ -155,7 +155,8 @@ def add_long_texts_flag(parser: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def output_settings(args: argparse.Namespace) -> Iterator[None]:
-    """Logging at WARNING (INFO with -v, ERROR with -q); transformers' own warnings and progress bars silenced.
+    """Logging at WARNING (INFO with -v, ERROR with -q); transformers' own warnings and progress bars silenced, and
+    with -q the library's bars too (training, benchmark, embedding).
 
     Everything is put back afterwards, so calling ``main`` from Python (tests, notebooks) leaves no global trace.
     """
@@ -177,7 +178,8 @@ def output_settings(args: argparse.Namespace) -> Iterator[None]:
     if args.quiet:
         huggingface_hub.utils.disable_progress_bars()
     try:
-        yield
+        with library_progress(not args.quiet):
+            yield
     finally:
         package.setLevel(saved_package_level)
         for handler in [h for h in root.handlers if h not in saved_root[1]]:
@@ -190,26 +192,32 @@ def output_settings(args: argparse.Namespace) -> Iterator[None]:
             huggingface_hub.utils.enable_progress_bars()
 
 
+# The library modules that draw tqdm bars: the training loop, the synthetic benchmark's rendering, batched embedding.
+_BAR_MODULES = ("longclip.train.trainer", "longclip.data.synthetic", "longclip.models.base")
+
+
 @contextlib.contextmanager
 def library_progress(enabled: bool) -> Iterator[None]:
-    """Progress bars of the library's loops (training, benchmark) on or off (``-q``), put back afterwards.
+    """The library's progress bars on or off (``-q``), put back afterwards.
 
     The training loop builds its bar with ``tqdm(..., disable=not is_main)``; an explicit ``disable`` wins over
-    tqdm's ``TQDM_DISABLE`` variable, so the bar class the loop uses is swapped for one that stays off.
+    tqdm's ``TQDM_DISABLE`` variable, so the bar class each module uses is swapped for one that stays off.
     """
     if enabled:
         yield
         return
+    import importlib
     from functools import partial
 
-    from ..train import trainer
-
-    saved = trainer.tqdm
-    trainer.tqdm = partial(_silent_tqdm, saved)
+    modules = [importlib.import_module(name) for name in _BAR_MODULES]
+    saved = [module.tqdm for module in modules]
+    for module, bar_class in zip(modules, saved, strict=True):
+        module.tqdm = partial(_silent_tqdm, bar_class)
     try:
         yield
     finally:
-        trainer.tqdm = saved
+        for module, bar_class in zip(modules, saved, strict=True):
+            module.tqdm = bar_class
 
 
 def _silent_tqdm(bar_class: Any, *args: Any, **kwargs: Any) -> Any:

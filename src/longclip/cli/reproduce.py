@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import DEVICE_HELP, add_command, device_arg, library_progress, resolve_device, status
+from .common import DEVICE_HELP, add_command, device_arg, resolve_device, status
 
 EPILOG = """\
 examples:
   longclip reproduce                     # about 12 minutes on 2 CPU cores
-  longclip reproduce --quick -o /tmp/rq  # about 15 seconds, same steps at toy sizes
+  longclip reproduce --quick -o /tmp/rq  # under a minute, same steps at toy sizes
 
 OUTPUT receives data/ (the benchmark), clip77/ (the pre-trained 77-token CLIP, reused by later runs with the same
 settings and usable with --model elsewhere), one directory per fine-tuned variant, results.json, results.md and
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its results table."""
     from ..reproduce import reproduce
 
-    with library_progress(not args.quiet):
-        reproduce(args.output, quick=args.quick, seed=args.seed, device=resolve_device(args.device))
+    reproduce(args.output, quick=args.quick, seed=args.seed, device=resolve_device(args.device))
     print((Path(args.output) / "results.md").read_text(), end="")
     status(args, f"results, models and plots in {args.output}")
     return 0

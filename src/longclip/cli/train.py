@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import DEVICE_HELP, add_command, device_arg, is_main_process, library_progress, positive_int, status
+from .common import DEVICE_HELP, add_command, device_arg, is_main_process, positive_int, status
 
 _POSITIVE = ("save_every", "log_every")
 
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "auto":
         args.device = None  # the trainer's own rule is the same: CUDA when available (one device per torchrun rank)
     config, options = config_from_args(args)
-    with library_progress(not args.quiet):
-        summary = train(config, options)
+    summary = train(config, options)
     if summary["finished"]:
         status(args, f"trained {summary['step']} steps; model written to {summary.get('model', config.output)}")
     else:
