@@ -57,6 +57,8 @@ DEVICE_COMMANDS = {
     "eval": ["eval", "--model", "m", "-d", "urban1k=x"],
     "train": ["train", "--model", "m", "--data", "d.csv", "--output", "out"],
     "reproduce": ["reproduce"],
+    "index": ["index", "photos", "--model", "m", "--out", "i.index"],
+    "generate": ["generate", "a cat", "--model", "sd", "--text-encoder", "te", "--out", "x.png"],
 }
 
 
@@ -82,7 +84,10 @@ def test_auto_device_is_cuda_only_when_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu" and resolve_device("cuda:1") == "cuda:1"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert resolve_device("auto") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == "cuda:3"  # each torchrun rank its own GPU
 
 
 @pytest.mark.parametrize("flag", ["--save-every", "--log-every"])

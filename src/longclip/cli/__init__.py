@@ -10,6 +10,11 @@ Subcommands::
     longclip train --model M --data D --output OUT [options]      (under torchrun for several processes)
     longclip eval --model M --dataset NAME[=DIR] ... [--output results.json] | --list
     longclip reproduce [--output DIR] [--quick]
+    longclip index IMAGE_DIR --model M --out INDEX [--kind auto|flat|ivf|hnsw] [--rebuild]
+    longclip search INDEX TEXT | --image PATH [-k K] [--json]
+    longclip serve INDEX [--port 8000] [--host 127.0.0.1]
+    longclip export onnx|open_clip MODEL DIR
+    longclip push MODEL REPO_ID [--dry-run]
 
 Each command group is a module of this package exposing ``register(commands)``, which adds its sub-parser and sets
 ``func``; :data:`COMMANDS` lists them, one line per group. The commands only parse arguments and call the library.
@@ -36,6 +41,12 @@ COMMANDS = (
     "train",
     "eval",
     "reproduce",
+    "index",
+    "search",
+    "serve",
+    "export",
+    "push",
+    "generate",
 )
 
 _MAIN_EPILOG = """\

@@ -109,11 +109,14 @@ def device_arg(value: str) -> str:
 
 
 def resolve_device(value: str | None) -> str:
-    """The device --device names: ``auto`` (or None) is CUDA when available, else the CPU."""
+    """The device --device names: ``auto`` (or None) is CUDA when available (under torchrun each rank its own GPU,
+    ``cuda:LOCAL_RANK``), else the CPU."""
     if value in (None, "auto"):
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
     return value
 
 

@@ -1,4 +1,4 @@
-"""``longclip train``: fine-tune a CLIP into a Long-CLIP (one process, or several under torchrun)."""
+"""``longclip train``: train with a method (``--method``; one process, or several under torchrun)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def register(commands: Any) -> None:
         commands,
         "train",
         help="train on image / caption pairs with a method (default: Long-CLIP's fine-tuning recipe)",
-        description="Train with a method (--method; `longclip train --method NAME --help` lists its options). The "
-        "default, longclip, is Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then long "
+        description="Train with a method (--method; `longclip train --method NAME --help` lists its own options). "
+        "The default, longclip, is Long-CLIP's recipe: knowledge-preserving stretching to 248 positions, then long "
         "captions matched with image features and short captions with their principal components. Runs on one "
         "device as it is, on many under torchrun.",
         epilog=EPILOG,
