@@ -571,7 +571,7 @@ def build_index(
     rank, world = _distributed()
     files = scan_images(root)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     work = out / WORK_DIR
     fingerprint = model_fingerprint(model)
     old = None if rebuild else _existing(out, fingerprint, model_id)
