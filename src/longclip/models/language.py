@@ -303,3 +303,26 @@ def load_language_model(
     limit = min(getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     encoder = LanguageEncoder(model, pooling=pooling, bidirectional=bidirectional).eval()
     return encoder, LanguageTokenizer(tokenizer, context_length or limit, pool_prefix=pool_prefix)
+
+
+@torch.no_grad()
+def embed_captions(
+    encoder: LanguageEncoder, tokenizer: LanguageTokenizer, texts: Sequence[str], batch_size: int = 32
+) -> torch.Tensor:
+    """Pooled embeddings ``[len(texts), hidden_size]`` (float32) of texts, in input order.
+
+    Texts are sorted by length and batched with their neighbours so that little padding is computed; a text longer
+    than the context is cut (closing special tokens kept). Padding never changes a result (the mask hides it).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ids = [tokenizer.truncate(row, tokenizer.context_length) for row in tokenizer.encode(list(texts))]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    device = next(encoder.parameters()).device
+    out = torch.empty(len(ids), encoder.hidden_size)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        text = tokenizer.pad([ids[i] for i in batch]).to(device)
+        pooled = encoder(text.input_ids, text.attention_mask, tokenizer.pool_mask(text.attention_mask))
+        out[batch] = pooled.float().cpu()
+    return out

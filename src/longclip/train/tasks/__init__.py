@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from .base import NoOptions, Task, available_tasks, get_task, register_task
 from .clip import CLIPOptions, CLIPTask
+from .llm2clip import LLM2CLIPOptions, LLM2CLIPTask
+from .llm2clip_text import LLM2CLIPTextOptions, LLM2CLIPTextTask
 from .longclip import LongCLIPOptions, LongCLIPTask
 
 register_task(LongCLIPTask)
 register_task(CLIPTask)
+register_task(LLM2CLIPTextTask)
+register_task(LLM2CLIPTask)
 
 __all__ = [
     "CLIPOptions",
     "CLIPTask",
+    "LLM2CLIPOptions",
+    "LLM2CLIPTask",
+    "LLM2CLIPTextOptions",
+    "LLM2CLIPTextTask",
     "LongCLIPOptions",
     "LongCLIPTask",
     "NoOptions",
