@@ -325,7 +325,7 @@ class LLM2CLIPModel(DualEncoder):
         (directory / "config.json").write_text(json.dumps(self.to_config(), indent=2, default=str) + "\n")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
-        self.image_transform.save_pretrained(directory)
+        self.image_transform.image_processor.save_pretrained(directory)
 
 
 def _without_type(config: dict) -> dict:
