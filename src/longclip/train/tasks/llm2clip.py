@@ -88,7 +88,8 @@ class LLM2CLIPTask(Task):
                 options.adapter_dropout, options.normalize_input,
             )
         )  # fmt: skip
-        model = LLM2CLIPModel(vision, adapter, logit_scale=float(clip.logit_scale), image_transform=clip.preprocess)
+        scale = float(clip.logit_scale.detach())
+        model = LLM2CLIPModel(vision, adapter, logit_scale=scale, image_transform=clip.preprocess)
         freeze_vision_layers(model, options.train_vision_layers)
         return model
 

@@ -217,7 +217,7 @@ class LLM2CLIPTextTask(Task):
             peft_model.merge_and_unload().save_pretrained(final)
         else:
             peft_model.save_pretrained(final / "lora")
-            peft_model.get_base_model().save_pretrained(final)
+            peft_model.unload().save_pretrained(final)  # the base weights, LoRA layers taken out unmerged
         self.model.tokenizer.save_pretrained(final)
         settings = {"pooling": self.options.pooling, "bidirectional": self.options.bidirectional,
                     "context_length": self.options.context_length, "merged": self.options.merge,
