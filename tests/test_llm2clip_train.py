@@ -159,6 +159,7 @@ def _metrics(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_llm2clip_methods_under_two_gloo_processes(setup, tmp_path):
     lm, data = str(setup["lm"]), str(setup["data"])
     # llm-embed: each rank embeds its own shards; the cache equals one made by a single process.
