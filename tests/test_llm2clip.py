@@ -361,3 +361,26 @@ def test_unknown_packaged_model_and_missing_gguf_are_named(tmp_path):
         packaged_model_path("nope")
     with pytest.raises(FileNotFoundError, match="no GGUF file"):
         load_language_model(tmp_path / "missing.gguf")
+
+
+def test_model_works_with_clipscore_zero_shot_and_retrieval(tmp_path, photos):
+    from longclip.eval.datasets import RetrievalSet
+    from longclip.eval.runner import score_retrieval
+    from longclip.eval.zeroshot import zero_shot_classify
+    from longclip.metrics import clip_score
+
+    model = tiny_llm2clip(tmp_path, "bert")
+    images = list(photos.values())
+    texts = ["a cat", "a red square on a blue background", "a dog near the middle of the picture"]
+    scores = clip_score(images, texts, model)
+    cosines = (model.embed_images(images) * model.embed_texts(texts)).sum(-1)
+    torch.testing.assert_close(scores, 100 * cosines.clamp_min(0))
+    result = zero_shot_classify(model, images, [0, 1, 2], ["cat", "square", "dog"], ["a photo of a {}"])
+    assert 0 <= result["acc1"] <= 1
+    paths = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    dataset = RetrievalSet("toy", "three photos", paths, texts, [0, 1, 2])
+    metrics = score_retrieval(model, dataset, model.embed_images(paths), ks=(1,))
+    assert metrics["num_texts"] == 3 and 0 <= metrics["image_retrieval_recall@1"] <= 1
