@@ -194,3 +194,22 @@ def test_llm2clip_methods_under_two_gloo_processes(setup, tmp_path):
     _torchrun("llm2clip-text", lm, data, str(tmp_path / "text"))
     assert len([row for row in _metrics(tmp_path / "text") if "loss" in row]) == 2
     assert (tmp_path / "text" / "language_model" / "model.safetensors").is_file()
+
+
+def test_llm_embed_command_writes_and_resumes_a_cache(setup, tmp_path, capsys):
+    from longclip.cli import main
+
+    output = tmp_path / "cache"
+    argv = ["llm-embed", "--model", str(setup["lm"]), "--data", str(setup["data"]), "--output", str(output),
+            "--shard-size", "7", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert "index.json" in capsys.readouterr().out
+    cache = TextEmbeddingCache(output)
+    pairs = read_pairs(setup["data"])
+    assert len(cache) == len({p.caption for p in pairs} | {p.short_caption for p in pairs})
+    assert cache.metadata["model"] == str(setup["lm"].resolve()) and cache.metadata["bidirectional"] is False
+    (output / "shard-00001.safetensors").unlink()  # as if the run had stopped there
+    assert main(argv) == 0
+    torch.testing.assert_close(TextEmbeddingCache(output).embeddings, cache.embeddings)
+    assert main([*argv[:-2], "--bidirectional"]) == 1  # another setting: refused, not mixed into the cache
+    assert "other metadata" in capsys.readouterr().err
