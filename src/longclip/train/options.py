@@ -34,7 +34,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, method: str = "longclip
     common = parser.add_argument_group("settings of every method")
     _add_fields(common, TrainConfig, overrides=task.defaults, skip=("method",))
     common.add_argument(
-        "--method", default=method, choices=available_tasks(), help=f"training method (default: longclip)"
+        "--method", default=method, choices=available_tasks(), help="training method (default: longclip)"
     )
     own = parser.add_argument_group(f"settings of --method {method}")
     _add_fields(own, task.options_class)
