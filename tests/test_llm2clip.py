@@ -384,3 +384,20 @@ def test_model_works_with_clipscore_zero_shot_and_retrieval(tmp_path, photos):
     dataset = RetrievalSet("toy", "three photos", paths, texts, [0, 1, 2])
     metrics = score_retrieval(model, dataset, model.embed_images(paths), ks=(1,))
     assert metrics["num_texts"] == 3 and 0 <= metrics["image_retrieval_recall@1"] <= 1
+
+
+def test_embed_and_classify_commands_take_an_llm2clip_model(tmp_path, photos):
+    import numpy as np
+
+    from longclip.cli import main
+
+    tiny_llm2clip(tmp_path, "bert").save_pretrained(tmp_path / "model")
+    model, _ = longclip.load(tmp_path / "model", dtype="float32")
+    texts = ["a cat", "a red square on a blue background"]
+    out = tmp_path / "texts.npy"
+    assert main(["-q", "embed", "--model", str(tmp_path / "model"), "--dtype", "float32", "--texts", *texts,
+                 "--output", str(out)]) == 0  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), model.embed_texts(texts))
+    photos["chelsea"].save(tmp_path / "cat.png")
+    assert main(["-q", "classify", str(tmp_path / "cat.png"), "--model", str(tmp_path / "model"), "--label", "a cat",
+                 "--label", "a dog", "--json"]) == 0  # fmt: skip

@@ -128,6 +128,10 @@ class LanguageTokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return [[*self.prefix, *ids, *self.suffix] for ids in self._body(texts)]
 
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Number of ids of each text, special tokens included (``len`` of ``encode``'s lists)."""
+        return [len(ids) for ids in self.encode(texts)]
+
     def _body(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []

@@ -13,7 +13,7 @@ The family's own key layout: ``vision_model.*`` and ``visual_projection.weight``
 ``CLIPVisionModelWithProjection``), ``logit_scale``, ``text_adapter.*`` and, when the model carries its language
 model, ``language_model.*`` (the transformers base model's own keys). ``config.json`` (``model_type: llm2clip``)
 holds the vision config, the adapter's sizes and the language model's config, pooling and context; the tokenizer's
-files sit beside it, so a saved model is one self-contained directory.
+files sit in ``tokenizer/`` beside it, so a saved model is one self-contained directory.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "llm2clip"
 LANGUAGE_PREFIX = "language_model."
+# The language model's tokenizer files sit in a subfolder: beside config.json (model_type llm2clip, unknown to
+# transformers) AutoTokenizer would try to read that config.
+TOKENIZER_FOLDER = "tokenizer"
 
 
 @dataclass
@@ -302,7 +305,7 @@ class LLM2CLIPModel(DualEncoder):
                 raise CheckpointError(f"{checkpoint.path}: an LLM2CLIP model with a language model needs its folder")
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.directory))
+            tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.directory / TOKENIZER_FOLDER))
         transform = None
         if checkpoint.directory is not None:
             transform = ImageTransform.from_directory(checkpoint.directory, config["vision_config"]["image_size"])
@@ -315,7 +318,7 @@ class LLM2CLIPModel(DualEncoder):
         return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json``, ``model.safetensors`` (language model included) and the tokenizer's files."""
+        """Write ``config.json``, ``model.safetensors`` (language model included), ``tokenizer/``, preprocessor."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -324,7 +327,7 @@ class LLM2CLIPModel(DualEncoder):
         save_file(_untie(state), str(directory / "model.safetensors"), metadata={"format": "pt"})
         (directory / "config.json").write_text(json.dumps(self.to_config(), indent=2, default=str) + "\n")
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory / TOKENIZER_FOLDER)
         self.image_transform.image_processor.save_pretrained(directory)
 
 
