@@ -5,9 +5,11 @@
 2. Pre-train a small CLIP from scratch at 77 tokens on the short captions (one-sentence summaries), as CLIP's own
    pre-training sees mostly short text. It is saved (``OUTPUT/clip77``) and reused by later runs.
 3. Fine-tune three variants on the long captions: linear stretching; knowledge-preserving stretching (KPS);
-   KPS plus primary component matching (Long-CLIP). And TULIP's two stages on the same data, each as long as one
-   Long-CLIP fine-tune: distil the pre-trained CLIP's text embeddings into a rotary student, then fine-tune it.
-4. Compare all five on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
+   KPS plus primary component matching (Long-CLIP). TULIP's two stages on the same data, each as long as one
+   Long-CLIP fine-tune: distil the pre-trained CLIP's text embeddings into a rotary student, then fine-tune it. Where
+   the packaged language models are installed, LLM2CLIP rows: the fine-tuning captions embedded by a frozen MiniLM
+   (and SmolLM2), an adapter and the vision tower trained on that cache.
+4. Compare them all on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
    against every distinct summary), zero-shot classification of the dominant colour, and the effective-length
    curve. Results go to ``results.json``, ``results.md`` and ``effective_length*.png``.
 
@@ -78,6 +80,12 @@ VARIANTS: tuple[tuple[str, str, tuple[Stage, ...] | None], ...] = (
         "rotary distill + fine-tune (TULIP)",
         (("tulip-distill", {"teacher": PRETRAINED, "lr": 5e-4}), ("tulip-finetune", {})),
     ),
+)
+# LLM2CLIP rows: a packaged language model, frozen, as the text tower; an adapter and the pre-trained CLIP's vision
+# tower trained on its cached caption embeddings (rows whose model package is not installed are left out).
+LLM2CLIP_VARIANTS = (
+    ("llm2clip-minilm", "LLM2CLIP: frozen MiniLM + adapter", "minilm"),
+    ("llm2clip-smollm2", "LLM2CLIP: frozen SmolLM2-135M + adapter", "smollm2"),
 )
 # Prompts for the dominant colour, phrased like the summaries ("..., red being the most common colour.").
 ATTRIBUTE_TEMPLATES = ("a picture of shapes, {} being the most common colour.", "{} being the most common colour.")
@@ -183,6 +191,46 @@ def finetune(
     return path
 
 
+def llm2clip(source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, language: str):
+    """Embed the fine-tuning captions with a frozen packaged language model, then train an adapter and the CLIP's
+    vision tower on the cache (``longclip llm-embed`` + ``longclip train --method llm2clip``); returns the model path.
+
+    The adapter starts from random weights, so it gets a 10x learning rate and twice the epochs of fine-tuning.
+    """
+    from .train import TrainConfig, train
+    from .train.tasks import LLM2CLIPOptions
+    from .train.tasks.llm2clip import build_text_cache
+
+    cache = output / "text-cache"
+    build_text_cache(language, str(data["finetune"]), cache, batch_size=32, device=device)
+    config = TrainConfig.for_method(
+        "llm2clip", model=str(source), data=str(data["finetune"]), output=str(output),
+        epochs=2 * scale.finetune_epochs, batch_size=scale.batch_size, lr=10 * scale.finetune_lr, warmup_steps=10,
+        num_workers=0, seed=seed, save_every=10**9, keep_checkpoints=1, device=device,
+    )  # fmt: skip
+    return Path(train(config, LLM2CLIPOptions(text_cache=str(cache)))["model"])
+
+
+def available_llm2clip_variants() -> list[tuple[str, str, str]]:
+    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model)."""
+    import importlib.util
+
+    from .models.language import packaged_model_path
+
+    rows = []
+    for name, description, language in LLM2CLIP_VARIANTS:
+        try:
+            _, gguf_file = packaged_model_path(language)
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            logger.info("leaving out %s: %s", name, e)
+            continue
+        if gguf_file and importlib.util.find_spec("gguf") is None:
+            logger.info("leaving out %s: reading %s needs the gguf package", name, gguf_file)
+            continue
+        rows.append((name, description, language))
+    return rows
+
+
 def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The comparison metrics of one model on the test split, and its effective-length curve."""
     from .data import read_pairs
@@ -239,6 +287,14 @@ def reproduce(
     rows, curves = [], {}
     for name, description, variant in VARIANTS:
         path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, variant)
+        model, _ = load(path, device=device or "cpu", dtype="float32")
+        metrics, curve = evaluate(model, data, scale)
+        rows.append({"model": name, "description": description, "path": str(path), **metrics})
+        curves[description] = curve
+        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
+        logger.info("%s: %s", description, metrics)
+    for name, description, language in available_llm2clip_variants():
+        path = llm2clip(clip77, output / name, data, scale, seed, device, language)
         model, _ = load(path, device=device or "cpu", dtype="float32")
         metrics, curve = evaluate(model, data, scale)
         rows.append({"model": name, "description": description, "path": str(path), **metrics})

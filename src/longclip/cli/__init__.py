@@ -8,6 +8,7 @@ Subcommands::
                    --output OUT.npy
     longclip info CKPT [--json]
     longclip train --model M --data D --output OUT [options]      (under torchrun for several processes)
+    longclip llm-embed --model LM --data D --output CACHE         (LLM2CLIP text cache; under torchrun too)
     longclip eval --model M --dataset NAME[=DIR] ... [--output results.json] | --list
     longclip reproduce [--output DIR] [--quick]
     longclip index IMAGE_DIR --model M --out INDEX [--kind auto|flat|ivf|hnsw] [--rebuild]
@@ -39,6 +40,7 @@ COMMANDS = (
     "embed",
     "info",
     "train",
+    "llm_embed",
     "eval",
     "reproduce",
     "index",
