@@ -219,6 +219,19 @@ def test_embed_image_directory(tiny_dir, model, photo_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
 
 
+def test_embed_output_loads_as_one_unit_and_a_rerun_replaces_both(tiny_dir, tmp_path):
+    from longclip.feature_files import load_features
+
+    output = tmp_path / "texts.npy"
+    assert main(["-q", "embed", "--model", str(tiny_dir), "--texts", "a cat", "a dog", "--output", str(output)]) == 0
+    features, meta = load_features(output)
+    assert features.shape == (2, 16) and meta["items"] == ["a cat", "a dog"] and meta["shape"] == [2, 16]
+    assert main(["-q", "embed", "--model", str(tiny_dir), "--texts", "a cup", "--output", str(output)]) == 0
+    features, meta = load_features(output)
+    assert features.shape == (1, 16) and meta["items"] == ["a cup"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.json", "texts.npy"]
+
+
 def test_embed_images_from_file_unnormalized(tiny_dir, model, photo_dir, tmp_path):
     images = photos(photo_dir)[::-1]
     listing = tmp_path / "list.txt"

@@ -23,7 +23,7 @@ from longclip.eval.datasets import (
     imagenet_metadata,
     load_dataset,
 )
-from longclip.eval.runner import evaluate, format_markdown, write_report
+from longclip.eval.runner import evaluate, format_markdown, write_clip_benchmark, write_report
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 SIDE = 40  # fake photos are resized to SIDE x SIDE: small files, still real pictures
@@ -574,3 +574,38 @@ def test_results_are_plain_json_numbers(tmp_path, model):
     result = evaluate(model, "docci", make_docci(tmp_path))
     assert all(isinstance(value, str | int | float | type(None)) for value in result.values())
     assert torch.isfinite(torch.tensor([result["image_retrieval_recall@1"]])).all()
+
+
+def test_clip_benchmark_layout_one_file_per_dataset_and_task(tmp_path):
+    retrieval = {
+        "dataset": "urban1k", "task": "zeroshot_retrieval", "protocol": "Urban-1k", "model": "m.pt",
+        "num_images": 3, "num_texts": 3, "num_skipped": 0,
+        "text_retrieval_recall@1": 0.5, "image_retrieval_recall@1": 0.25,
+    }  # fmt: skip
+    classification = {
+        "dataset": "cifar10", "task": "zeroshot_classification", "model": "m.pt", "num_classes": 10,
+        "acc1": 0.75, "acc5": 1.0, "mean_per_class_recall": 0.7,
+    }  # fmt: skip
+    paths = write_clip_benchmark([retrieval, classification], tmp_path / "cb")
+    assert [p.name for p in paths] == ["urban1k_zeroshot_retrieval.json", "cifar10_zeroshot_classification.json"]
+    first, second = (json.loads(p.read_text()) for p in paths)
+    assert set(first) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert first["dataset"] == "urban1k" and first["task"] == "zeroshot_retrieval" and first["model"] == "m.pt"
+    assert first["metrics"] == {"image_retrieval_recall@1": 0.25, "text_retrieval_recall@1": 0.5}
+    assert second["metrics"] == {"acc1": 0.75, "acc5": 1.0, "mean_per_class_recall": 0.7}
+    with pytest.raises(ValueError, match="same data set and task"):
+        write_clip_benchmark([retrieval, retrieval], tmp_path / "twice")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        write_clip_benchmark([retrieval], tmp_path / "file")
+
+
+def test_cli_eval_writes_clip_benchmark_files(tmp_path, model_dir, capsys):
+    urban = make_urban1k(tmp_path / "urban")
+    argv = ["eval", "--model", str(model_dir), "-d", f"urban1k={urban}", "-o", str(tmp_path / "r.json")]
+    assert main([*argv, "--clip-benchmark", str(tmp_path / "cb")]) == 0
+    ours = json.loads((tmp_path / "r.json").read_text())[0]
+    theirs = json.loads((tmp_path / "cb" / "urban1k_zeroshot_retrieval.json").read_text())
+    assert theirs["model"] == str(model_dir) and theirs["task"] == "zeroshot_retrieval"
+    assert theirs["metrics"] == {key: ours[key] for key in ours if "recall@" in key}
+    assert str(tmp_path / "cb" / "urban1k_zeroshot_retrieval.json") in capsys.readouterr().out

@@ -10,8 +10,14 @@ from conftest import tiny_clip
 
 import longclip
 from longclip import LongCLIPModel
-from longclip.eval import build_classifier, classification_metrics, retrieval_metrics, zero_shot_classify
-from longclip.metrics import clip_score, clip_score_corpus
+from longclip.eval import (
+    build_classifier,
+    classification_metrics,
+    clip_score,
+    clip_score_corpus,
+    retrieval_metrics,
+    zero_shot_classify,
+)
 
 
 def _at_angles(degrees) -> torch.Tensor:
@@ -376,3 +382,11 @@ def test_clip_score_rejects_bad_inputs():
     with pytest.raises(ValueError, match="w must be positive"):
         clip_score(["a"], ["x"], fixed, w=0)
     assert clip_score([], [], fixed).shape == (0,)
+
+
+def test_old_metrics_module_reexports_clipscore():
+    import longclip.eval.clipscore
+    import longclip.metrics
+
+    assert longclip.metrics.clip_score is longclip.eval.clipscore.clip_score
+    assert longclip.metrics.clip_score_corpus is longclip.eval.clipscore.clip_score_corpus

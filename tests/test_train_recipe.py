@@ -229,7 +229,7 @@ def test_a_training_error_ends_in_one_error_line(tmp_path, monkeypatch, capsys):
     assert issubclass(TrainingError, RuntimeError)
     assert main(_train_argv(tmp_path)) == 1
     err = capsys.readouterr().err
-    assert err.startswith("longclip: error: 3 of 8 images (37.5%) could not be read")
+    assert err.startswith("longclip: error: training stopped: 3 of 8 images (37.5%) could not be read")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(TrainingError):  # --debug shows the traceback instead
         main(["--debug", *_train_argv(tmp_path)])
@@ -248,4 +248,4 @@ def test_only_rank_0_prints_the_final_status_with_validation(tmp_path, monkeypat
     monkeypatch.setenv("RANK", "0")
     assert main(_train_argv(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "validation long/image_to_text_recall@1: 50.0%" in out and "trained 3 steps" in out
+    assert "validation: long/image_to_text_recall@1 50.0%" in out and "trained 3 steps" in out

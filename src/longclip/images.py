@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from transformers import CLIPImageProcessorPil
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "MAX_PREPROCESS_SIDE",
     "MAX_RESIZED_PIXELS",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+"""File suffixes taken as images wherever a folder or a shard is scanned (embed, classify, eval, training)."""
 
 MAX_IMAGE_PIXELS: int = 128_000_000
 """Default limit on width * height; larger images are refused before their pixel data is decoded."""

@@ -5,8 +5,11 @@
 2. Pre-train a small CLIP from scratch at 77 tokens on the short captions (one-sentence summaries), as CLIP's own
    pre-training sees mostly short text. It is saved (``OUTPUT/clip77``) and reused by later runs.
 3. Fine-tune three variants on the long captions: linear stretching; knowledge-preserving stretching (KPS);
-   KPS plus primary component matching (Long-CLIP).
-4. Compare all four on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
+   KPS plus primary component matching (Long-CLIP). TULIP's two stages on the same data, each as long as one
+   Long-CLIP fine-tune: distil the pre-trained CLIP's text embeddings into a rotary student, then fine-tune it. Where
+   the packaged language models are installed, LLM2CLIP rows: the fine-tuning captions embedded by a frozen MiniLM
+   (and SmolLM2), an adapter and the vision tower trained on that cache.
+4. Compare them all on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
    against every distinct summary), zero-shot classification of the dominant colour, and the effective-length
    curve. Results go to ``results.json``, ``results.md`` and ``effective_length*.png``.
 
@@ -61,12 +64,28 @@ SCALES = {
     ),
 }  # fmt: skip
 
-# name, fine-tuning settings (None: the pre-trained 77-token CLIP itself)
-VARIANTS: tuple[tuple[str, str, dict | None], ...] = (
+PRETRAINED = "{pretrained}"  # in a stage's settings: the path of the pre-trained CLIP (e.g. a teacher)
+
+# name, description, training stages run in turn on the fine-tuning split, each starting from the previous one's
+# model: (method, settings; common TrainConfig settings such as lr and the method's own options together).
+# None: the pre-trained 77-token CLIP itself.
+Stage = tuple[str, dict]
+VARIANTS: tuple[tuple[str, str, tuple[Stage, ...] | None], ...] = (
     ("clip77", "CLIP, 77 tokens (pre-trained)", None),
-    ("linear", "linear stretch + fine-tune", {"stretch": "linear", "short_loss_weight": 0.0}),
-    ("kps", "KPS + fine-tune", {"stretch": "kps", "short_loss_weight": 0.0}),
-    ("longclip", "KPS + PCM (Long-CLIP)", {"stretch": "kps", "short_loss_weight": 1.0}),
+    ("linear", "linear stretch + fine-tune", (("longclip", {"stretch": "linear", "short_loss_weight": 0.0}),)),
+    ("kps", "KPS + fine-tune", (("longclip", {"stretch": "kps", "short_loss_weight": 0.0}),)),
+    ("longclip", "KPS + PCM (Long-CLIP)", (("longclip", {"stretch": "kps", "short_loss_weight": 1.0}),)),
+    (
+        "tulip",
+        "rotary distill + fine-tune (TULIP)",
+        (("tulip-distill", {"teacher": PRETRAINED, "lr": 5e-4}), ("tulip-finetune", {})),
+    ),
+)
+# LLM2CLIP rows: a packaged language model, frozen, as the text tower; an adapter and the pre-trained CLIP's vision
+# tower trained on its cached caption embeddings (rows whose model package is not installed are left out).
+LLM2CLIP_VARIANTS = (
+    ("llm2clip-minilm", "LLM2CLIP: frozen MiniLM + adapter", "minilm"),
+    ("llm2clip-smollm2", "LLM2CLIP: frozen SmolLM2-135M + adapter", "smollm2"),
 )
 # Prompts for the dominant colour, phrased like the summaries ("..., red being the most common colour.").
 ATTRIBUTE_TEMPLATES = ("a picture of shapes, {} being the most common colour.", "{} being the most common colour.")
@@ -148,20 +167,79 @@ def pretrain(
 
 
 def finetune(
-    source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, progress: bool = True,
-    description: str = "", **variant,
+    source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, stages: tuple[Stage, ...],
+    progress: bool = True, description: str = "",
 ) -> Path:  # fmt: skip
-    """Fine-tune one variant from the pre-trained CLIP with ``longclip train``'s recipe; returns the model path."""
-    from .train import TrainConfig, train
-    from .train.tasks import LongCLIPOptions
+    """Train one variant's stages from the pre-trained CLIP with ``longclip train``'s methods; returns the model.
 
+    Each stage runs for ``scale.finetune_epochs`` on the fine-tuning split at ``scale.finetune_lr`` unless its
+    settings say otherwise; a variant of several stages writes them to ``output/<method>``.
+    """
+    from dataclasses import fields
+
+    from .train import TrainConfig, get_task, train
+
+    path = source
+    for method, settings in stages:
+        settings = {k: str(source) if v == PRETRAINED else v for k, v in settings.items()}
+        own = {f.name for f in fields(get_task(method).options_class)}
+        common = dict(
+            epochs=scale.finetune_epochs, batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10,
+            num_workers=0, seed=seed, save_every=10**9, keep_checkpoints=1, device=device, overwrite=True,
+            progress=progress,
+        )  # fmt: skip
+        common.update({k: v for k, v in settings.items() if k not in own})
+        run = output if len(stages) == 1 else output / method
+        config = TrainConfig.for_method(method, model=str(path), data=str(data["finetune"]), output=str(run), **common)
+        options = get_task(method).options_class(**{k: v for k, v in settings.items() if k in own})
+        label = f"{method} {description or output.name} -> {run}"  # names the variant on its progress bar
+        path = Path(train(config, options, description=label)["model"])
+    return path
+
+
+def llm2clip(
+    source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, language: str,
+    progress: bool = True,
+):  # fmt: skip
+    """Embed the fine-tuning captions with a frozen packaged language model, then train an adapter and the CLIP's
+    vision tower on the cache (``longclip llm-embed`` + ``longclip train --method llm2clip``); returns the model path.
+
+    The adapter starts from random weights, so it gets a 10x learning rate and twice the epochs of fine-tuning.
+    """
+    from .train import TrainConfig, train
+    from .train.tasks import LLM2CLIPOptions
+    from .train.tasks.llm2clip import build_text_cache
+
+    cache = output / "text-cache"
+    build_text_cache(language, str(data["finetune"]), cache, batch_size=32, device=device)
     config = TrainConfig.for_method(
-        "longclip", model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
-        batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10, num_workers=0, seed=seed,
-        save_every=10**9, keep_checkpoints=1, device=device, overwrite=True, progress=progress,
+        "llm2clip", model=str(source), data=str(data["finetune"]), output=str(output),
+        epochs=2 * scale.finetune_epochs, batch_size=scale.batch_size, lr=10 * scale.finetune_lr, warmup_steps=10,
+        num_workers=0, seed=seed, save_every=10**9, keep_checkpoints=1, device=device, overwrite=True,
+        progress=progress,
     )  # fmt: skip
-    label = f"fine-tuning {description or output.name} -> {output}"  # names the variant on its progress bar
-    return Path(train(config, LongCLIPOptions(**variant), description=label)["model"])
+    label = f"llm2clip {language} -> {output}"
+    return Path(train(config, LLM2CLIPOptions(text_cache=str(cache)), description=label)["model"])
+
+
+def available_llm2clip_variants() -> list[tuple[str, str, str]]:
+    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model)."""
+    import importlib.util
+
+    from .models.language import packaged_model_path
+
+    rows = []
+    for name, description, language in LLM2CLIP_VARIANTS:
+        try:
+            _, gguf_file = packaged_model_path(language)
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            logger.info("leaving out %s: %s", name, e)
+            continue
+        if gguf_file and importlib.util.find_spec("gguf") is None:
+            logger.info("leaving out %s: reading %s needs the gguf package", name, gguf_file)
+            continue
+        rows.append((name, description, language))
+    return rows
 
 
 def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -226,7 +304,15 @@ def reproduce(
         if variant is None:
             path = clip77
         else:
-            path = finetune(clip77, output / name, data, scale, seed, device, progress, description, **variant)
+            path = finetune(clip77, output / name, data, scale, seed, device, variant, progress, description)
+        model, _ = load(path, device=device or "cpu", dtype="float32")
+        metrics, curve = evaluate(model, data, scale)
+        rows.append({"model": name, "description": description, "path": str(path), **metrics})
+        curves[description] = curve
+        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
+        logger.info("%s: %s", description, metrics)
+    for name, description, language in available_llm2clip_variants():
+        path = llm2clip(clip77, output / name, data, scale, seed, device, language, progress)
         model, _ = load(path, device=device or "cpu", dtype="float32")
         metrics, curve = evaluate(model, data, scale)
         rows.append({"model": name, "description": description, "path": str(path), **metrics})

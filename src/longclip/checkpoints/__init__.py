@@ -19,6 +19,7 @@ import torch
 
 from ..positions import LONGCLIP_KEEP_POSITIONS, keep_positions_of
 from ..tokenizer import CLIP_CONTEXT_LENGTH
+from . import llm2clip as _llm2clip  # noqa: F401  (registers the released LLM2CLIP layout)
 from .convert import HEAD_WIDTH, config_from_openai, detect_format, heads_for_width, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
 from .layouts import Layout, find_layout, layouts, register_layout, unknown_layout_error

@@ -8,6 +8,7 @@ Subcommands::
                    --output OUT.npy
     longclip info CKPT [--json]
     longclip train --model M --data D --output OUT [options]      (under torchrun for several processes)
+    longclip llm-embed --model LM --data D --output CACHE         (LLM2CLIP text cache; under torchrun too)
     longclip eval --model M --dataset NAME[=DIR] ... [--output results.json] | --list
     longclip reproduce [--output DIR] [--quick]
     longclip index IMAGE_DIR --model M --out INDEX [--kind auto|flat|ivf|hnsw] [--rebuild]
@@ -30,8 +31,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import TrainingError
-from .common import PROG, add_output_flags, one_line, output_settings, silence_stdout
+from .common import PROG, CommandParser, add_output_flags, error_message, output_settings, silence_stdout
 
 # One line per command group, in the order `longclip --help` lists them.
 COMMANDS = (
@@ -40,6 +40,7 @@ COMMANDS = (
     "embed",
     "info",
     "train",
+    "llm_embed",
     "eval",
     "reproduce",
     "index",
@@ -66,12 +67,8 @@ local cache when there is no network. Run `longclip COMMAND --help` for the opti
 """
 
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The ``longclip`` argument parser (exposed for documentation tools and tests).
-
-    ``argv`` is looked at only by commands whose options depend on another option (``train --method NAME`` offers
-    that method's own settings); they read it as ``commands.argv``.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The ``longclip`` argument parser (exposed for documentation tools and tests)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -82,8 +79,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     add_output_flags(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.argv = tuple(argv)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(commands)
     return parser
@@ -91,8 +87,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``longclip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     with output_settings(args):
         try:
             return args.func(args)
@@ -105,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Output piped into e.g. `head`, which stopped reading: not an error worth a message.
             silence_stdout()
             return 1
-        except (OSError, ValueError, TrainingError) as e:  # FileNotFoundError, CheckpointError, ImageLoadError...
-            if args.debug:
+        except Exception as e:  # the user's mistakes get one line; anything else is a bug, shown in full
+            message = error_message(e)
+            if args.debug or message is None:
                 raise
-            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+            print(f"{PROG}: error: {message}", file=sys.stderr)
             return 1

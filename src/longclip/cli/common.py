@@ -10,15 +10,17 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger("longclip.cli")
 
 PROG = "longclip"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DTYPES = ("float32", "float16", "bfloat16")
 LONG_TEXT_MODES = ("truncate", "chunk", "error")
 FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -49,6 +51,29 @@ def add_output_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand parser whose flags may depend on the command line (``train --method NAME`` adds NAME's).
+
+    Functions given to :meth:`before_parse` run once, with the parser and the subcommand's arguments, just before
+    they are parsed (``--help`` included), so a command that is not run never pays for building its flags.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._before_parse: list[Callable[[argparse.ArgumentParser, list[str]], None]] = []
+
+    def before_parse(self, hook: Callable[[argparse.ArgumentParser, list[str]], None]) -> None:
+        """Call ``hook(parser, args)`` before this parser parses ``args``."""
+        self._before_parse.append(hook)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # noqa: D102
+        hooks, self._before_parse = self._before_parse, []
+        given = list(sys.argv[1:] if args is None else args)
+        for hook in hooks:
+            hook(self, given)
+        return super().parse_known_args(given, namespace)
+
+
 _SHARED = argparse.ArgumentParser(add_help=False)
 add_output_flags(_SHARED, suppress=True)
 
@@ -69,6 +94,32 @@ def positive_int(value: str) -> int:
     return number
 
 
+# What --device accepts, the same in every command: auto (CUDA when available, else the CPU) or a torch device.
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps, xpu or xpu:N"
+DEVICE_HELP = f"where to run: {DEVICE_FORMS} (default: auto, CUDA when available, else the CPU)"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def device_arg(value: str) -> str:
+    """argparse type of --device: checked when parsing, so a typo stops before anything is loaded."""
+    device = value.strip().lower()
+    if not _DEVICE_PATTERN.fullmatch(device):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; expected {DEVICE_FORMS}")
+    return device
+
+
+def resolve_device(value: str | None) -> str:
+    """The device --device names: ``auto`` (or None) is CUDA when available (under torchrun each rank its own GPU,
+    ``cuda:LOCAL_RANK``), else the CPU."""
+    if value in (None, "auto"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
+    return value
+
+
 def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batch_size: int | None = None) -> None:
     """--model, --device, --dtype, --revision and --batch-size."""
     parser.add_argument(
@@ -78,7 +129,7 @@ def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batc
         metavar="M",
         help="checkpoint: Long-CLIP or OpenAI .pt file, transformers directory, or hub id (BeichenZhang/LongCLIP-B)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -107,7 +158,8 @@ def add_long_texts_flag(parser: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def output_settings(args: argparse.Namespace) -> Iterator[None]:
-    """Logging at WARNING (INFO with -v, ERROR with -q); transformers' own warnings and progress bars silenced.
+    """Logging at WARNING (INFO with -v, ERROR with -q); transformers' own warnings and progress bars silenced, and
+    with -q the library's bars too (training, benchmark, embedding).
 
     Everything is put back afterwards, so calling ``main`` from Python (tests, notebooks) leaves no global trace.
     """
@@ -129,7 +181,8 @@ def output_settings(args: argparse.Namespace) -> Iterator[None]:
     if args.quiet:
         huggingface_hub.utils.disable_progress_bars()
     try:
-        yield
+        with library_progress(not args.quiet):
+            yield
     finally:
         package.setLevel(saved_package_level)
         for handler in [h for h in root.handlers if h not in saved_root[1]]:
@@ -140,6 +193,38 @@ def output_settings(args: argparse.Namespace) -> Iterator[None]:
             hf_logging.enable_progress_bar()
         if not saved_hub_bars:
             huggingface_hub.utils.enable_progress_bars()
+
+
+# The library modules that draw tqdm bars: the training loop, the synthetic benchmark's rendering, batched embedding.
+_BAR_MODULES = ("longclip.train.trainer", "longclip.data.synthetic", "longclip.models.base")
+
+
+@contextlib.contextmanager
+def library_progress(enabled: bool) -> Iterator[None]:
+    """The library's progress bars on or off (``-q``), put back afterwards.
+
+    The training loop builds its bar with ``tqdm(..., disable=not is_main)``; an explicit ``disable`` wins over
+    tqdm's ``TQDM_DISABLE`` variable, so the bar class each module uses is swapped for one that stays off.
+    """
+    if enabled:
+        yield
+        return
+    import importlib
+    from functools import partial
+
+    modules = [importlib.import_module(name) for name in _BAR_MODULES]
+    saved = [module.tqdm for module in modules]
+    for module, bar_class in zip(modules, saved, strict=True):
+        module.tqdm = partial(_silent_tqdm, bar_class)
+    try:
+        yield
+    finally:
+        for module, bar_class in zip(modules, saved, strict=True):
+            module.tqdm = bar_class
+
+
+def _silent_tqdm(bar_class: Any, *args: Any, **kwargs: Any) -> Any:
+    return bar_class(*args, **{**kwargs, "disable": True})
 
 
 def one_line(error: BaseException) -> str:
@@ -157,10 +242,64 @@ def silence_stdout() -> None:
         pass
 
 
+def is_main_process() -> bool:
+    """False on every process but the first under torchrun (which sets RANK), so that one status line is printed."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
 def status(args: argparse.Namespace, message: str) -> None:
-    """A status line for the user (what was written), unless --quiet."""
-    if not args.quiet:
+    """A status line for the user (what was written), unless --quiet or on a torchrun process other than rank 0."""
+    if not args.quiet and is_main_process():
         print(message)
+
+
+def error_message(error: BaseException) -> str | None:
+    """The one-line message for an error the user can cause (bad input, a file we cannot read), else None.
+
+    None means a bug: ``main`` then lets the traceback through.
+    """
+    import csv
+    import pickle
+    import tarfile
+
+    from ..errors import CheckpointError
+    from ..images import ImageLoadError
+
+    if isinstance(error, (CheckpointError, ImageLoadError)):
+        return one_line(error)
+    if isinstance(error, pickle.UnpicklingError):
+        # torch's message advises weights_only=False, i.e. running code from the file: we never do that.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        return (
+            f"cannot read the file as a checkpoint: it is not a plain tensor pickle{what}; longclip loads weights "
+            "only and never runs code stored in a file (convert it to safetensors with the tool that wrote it)"
+        )
+    if isinstance(error, tarfile.ReadError):
+        return f"cannot read a tar shard: {one_line(error)}"
+    if isinstance(error, csv.Error):
+        return f"malformed CSV: {one_line(error)}"
+    if isinstance(error, RecursionError):
+        return "the input is nested too deeply to read (Python's recursion limit was reached)"
+    if isinstance(error, MemoryError):
+        return "out of memory; try a smaller --batch-size or fewer inputs at once"
+    if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return f"out of GPU memory; try a smaller --batch-size ({one_line(error).split('.')[0]})"
+    if type(error).__name__ == "SafetensorError":
+        return f"cannot read a safetensors file: {one_line(error)}"
+    if type(error).__name__ == "TrainingError":
+        return f"training stopped: {one_line(error)}"
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text: {one_line(error)}"
+    if isinstance(error, ValueError) and type(error).__name__ == "JSONDecodeError":
+        return f"invalid JSON: {one_line(error)}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {error.filename}" if error.filename else one_line(error)
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    if isinstance(error, (OSError, ValueError)):
+        return one_line(error)
+    return None
 
 
 def plural(n: int, noun: str) -> str:
@@ -177,10 +316,7 @@ def load_model(args: argparse.Namespace) -> Any:
 
     from ..api import load
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {one_line(e)}") from e
+    device = torch.device(resolve_device(args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     logger.info("loading %s on %s", args.model, device)

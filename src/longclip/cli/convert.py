@@ -50,13 +50,26 @@ def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` to ``args.dst``."""
     import torch
 
-    from ..checkpoints import load_clip, save_longclip_pt
-    from ..models import LongCLIPModel
+    from ..checkpoints import LoadedCheckpoint, read_checkpoint, save_longclip_pt
+    from ..models import LongCLIPModel, build_model
 
     dst = Path(args.dst).expanduser()
     check_destination(dst, to_file=args.to == "longclip-pt", overwrite=args.overwrite)
-    checkpoint = load_clip(args.src, args.revision)
+    source = read_checkpoint(args.src, args.revision)
+    model = build_model(source)
     dtype = getattr(torch, args.dtype)
+    if not isinstance(model, LongCLIPModel):  # another family (TULIP, ...): its own save_pretrained
+        if args.to == "longclip-pt":
+            raise ValueError(f"{args.src} is a {model.family!r} model; --to longclip-pt writes CLIP's layout only")
+        model.to(dtype).save_pretrained(dst)
+        parameters = sum(p.numel() for p in model.parameters())
+        status(
+            args,
+            f"wrote {model.family} directory {dst} from {source.format} checkpoint {source.path} "
+            f"({args.dtype}, {parameters:,} parameters, text context {model.context_length})",
+        )
+        return 0
+    checkpoint = LoadedCheckpoint(model.clip, source.format, source.path, source.directory, source.stored_dtypes)
     clip = checkpoint.model.to(dtype)
     context = clip.config.text_config.max_position_embeddings
     if args.to == "longclip-pt":

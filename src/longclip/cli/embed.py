@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ examples:
   longclip embed --model longclip-B.pt --texts-from captions.txt --long-texts chunk --output captions.npy
 
 Writes OUT.npy (float32, one row per input, in input order) and OUT.json beside it: model, kind, count, dim,
-normalized, items (the paths or texts, in row order) and skipped (images that could not be read under
---skip-errors; their rows are NaN). A directory given to --images stands for the image files in it (sorted by
+normalized, items (the paths or texts, in row order), skipped (images that could not be read under --skip-errors;
+their rows are NaN), shape and sha256 (of OUT.npy: longclip.feature_files.load_features refuses a pair that does
+not match, e.g. after an interrupted write). A directory given to --images stands for the image files in it (sorted by
 name; jpg, jpeg, png, webp, bmp, gif, tif, tiff; hidden files ignored). List files hold one path or text a line
 (relative paths are taken from the current directory); empty lines are ignored.
 """
@@ -68,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     """Embed the inputs and write OUT.npy and OUT.json."""
     import numpy as np
 
-    output = Path(args.output).expanduser()
-    if output.suffix != ".npy":
-        output = output.with_name(output.name + ".npy")
-    metadata_path = output.with_suffix(".json")
+    from ..feature_files import save_features
+
+    given = Path(args.output).expanduser()
+    if given.is_dir():  # checked before .npy is added, which would write DIR.npy beside the directory
+        raise IsADirectoryError(f"--output {given} is a directory; give a file name such as {given / 'feats.npy'}")
+    output = given if given.suffix == ".npy" else given.with_name(given.name + ".npy")
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a directory; give a file name such as {output / 'feats.npy'}")
 
@@ -119,11 +121,7 @@ def run(args: argparse.Namespace) -> int:
     metadata["items"] = items
     metadata["skipped"] = skipped
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, array)
-    with open(metadata_path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    output, metadata_path = save_features(output, array, metadata)
     note = f", {plural(len(skipped), 'unreadable image')} skipped (NaN rows)" if skipped else ""
     status(
         args, f"wrote {array.shape[0]} x {array.shape[1]} {kind[:-1]} features to {output} and {metadata_path}{note}"

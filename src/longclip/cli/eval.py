@@ -20,7 +20,8 @@ Data sets are given as NAME=DIR, or as NAME with the folder in a --root: bare na
 order, or all share a single --root. `longclip eval --list` shows each data set's expected layout. Every data set is
 checked before the model is loaded. Unreadable images are left out (with their captions) and counted under
 "skipped". The table printed (and written with --markdown) gives recall and accuracy in percent; --output writes
-CLIP_benchmark's keys (image_retrieval_recall@5, acc1, ...) as a JSON list.
+CLIP_benchmark's keys (image_retrieval_recall@5, acc1, ...) as a JSON list; --clip-benchmark DIR writes one file
+per data set and task in CLIP_benchmark's own result layout.
 """
 
 
@@ -54,6 +55,12 @@ def register(commands: Any) -> None:
     add_long_texts_flag(parser)
     parser.add_argument("--output", "-o", metavar="FILE.json", help="write the results as a JSON list")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the results as a markdown table")
+    parser.add_argument(
+        "--clip-benchmark",
+        metavar="DIR",
+        help="also write one DIR/DATASET_TASK.json per result in CLIP_benchmark's own layout "
+        '({"dataset", "model", "pretrained", "task", "metrics", "language"})',
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import textwrap
 
     from ..eval.datasets import DATASETS, load_dataset
-    from ..eval.runner import evaluate_dataset, format_markdown, write_report
+    from ..eval.runner import evaluate_dataset, format_markdown, write_clip_benchmark, write_report
 
     if args.list:
         for name, spec in DATASETS.items():
@@ -86,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     write_report(results, args.output, args.markdown)
+    written = [path for path in (args.output, args.markdown) if path is not None]
+    if args.clip_benchmark is not None:
+        written += write_clip_benchmark(results, args.clip_benchmark)
     print(format_markdown(results), end="")
-    for path in (args.output, args.markdown):
-        if path is not None:
-            status(args, f"wrote {path}")
+    for path in written:
+        status(args, f"wrote {path}")
     return 0
 
 

@@ -25,7 +25,7 @@ def register(commands: Any) -> None:
         commands,
         "export",
         help="export a model to ONNX, open_clip, ...",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description="Write a model in another tool's format.",
     )
     formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
     for entry in FORMATS:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import positive_int, status
+from .common import DEVICE_HELP, device_arg, positive_int, resolve_device, status
 
 PIPELINES = ("sd15", "sdxl")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -62,7 +62,7 @@ def register(commands: Any) -> None:
         default="truncate",
         help="prompts over 248 tokens: cut with a warning (default) or encode in 248-token chunks",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--dtype", choices=STORE_DTYPES, default=None, help="weight dtype (default: float16 on CUDA, float32 on CPU)"
     )
@@ -80,7 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}")
     if args.text_encoder_2 is not None and args.pipeline != "sdxl":
         raise ValueError(f"--text-encoder-2 is SDXL's second encoder; --pipeline {args.pipeline} has none")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.startswith("cuda") else None)
     pipe = diffusion.load_pipeline(
         args.pipeline, args.model, args.text_encoder, text_encoder_2=args.text_encoder_2, torch_dtype=dtype

@@ -53,7 +53,7 @@ def register(commands: Any) -> None:
         commands,
         "index",
         help="build or update a searchable index of an image folder",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description="Build or update a searchable index (embeddings, metadata, faiss) of the images under a folder.",
         epilog=_EPILOG,
     )
     parser.add_argument("image_dir", metavar="IMAGE_DIR", help="folder of images (searched recursively)")

@@ -23,6 +23,7 @@ _FORMATS = {
     "longclip-pt": "longclip-pt (released Long-CLIP .pt)",
     "openai": "openai (OpenAI CLIP .pt)",
     "hf": "hf (transformers directory)",
+    "tulip-open_clip": "tulip-open_clip (released TULIP open_clip .pt)",
 }
 
 
@@ -43,9 +44,14 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the description of ``args.ckpt``."""
-    from ..checkpoints import load_clip
+    from ..checkpoints import LoadedCheckpoint, read_checkpoint
+    from ..models import LongCLIPModel, build_model
 
-    checkpoint = load_clip(args.ckpt, args.revision)
+    source = read_checkpoint(args.ckpt, args.revision)
+    model = build_model(source)
+    if not isinstance(model, LongCLIPModel):
+        return _describe_family(args, source, model)
+    checkpoint = LoadedCheckpoint(model.clip, source.format, source.path, source.directory, source.stored_dtypes)
     config = checkpoint.model.config
     text, vision = config.text_config, config.vision_config
     counts = {"text": 0, "vision": 0, "total": 0}
@@ -110,6 +116,41 @@ def run(args: argparse.Namespace) -> int:
             f"{_count(counts['text'])} text, {_count(counts['vision'])} vision, {_count(counts['total'])} total "
             f"({counts['total']:,})",
         ),
+        ("stored dtype", info["stored_dtype"] or "unknown"),
+    ]
+    width = max(len(key) for key, _ in lines) + 1
+    for key, value in lines:
+        print(f"{key + ':':<{width}} {value}")
+    return 0
+
+
+def _describe_family(args: argparse.Namespace, source: Any, model: Any) -> int:
+    """Another family's model (TULIP, ...): its family, format, context, parameters per tower and text config."""
+    towers = model.towers().items()
+    counts = {tower: sum(p.numel() for m in modules for p in m.parameters()) for tower, modules in towers}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    info = {
+        "path": str(source.path),
+        "format": source.format,
+        "family": model.family,
+        "context_length": model.context_length,
+        "embed_dim": model.embed_dim,
+        "text": source.config.get("text_config"),
+        "parameters": counts,
+        "stored_dtype": ", ".join(source.stored_dtypes) or None,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    text = info["text"] if isinstance(info["text"], dict) else {}
+    lines = [
+        ("checkpoint", info["path"]),
+        ("format", _FORMATS.get(source.format, source.format)),
+        ("family", model.family),
+        ("context", f"{model.context_length} tokens"),
+        ("embed dim", str(model.embed_dim)),
+        *((key.replace("_", " "), str(value)) for key, value in text.items() if key != "context_length"),
+        ("parameters", ", ".join(f"{_count(n)} {tower}" for tower, n in counts.items()) + f" ({counts['total']:,})"),
         ("stored dtype", info["stored_dtype"] or "unknown"),
     ]
     width = max(len(key) for key, _ in lines) + 1

@@ -13,7 +13,7 @@ def register(commands: Any) -> None:
         commands,
         "push",
         help="upload a model with a generated model card to the Hugging Face hub",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description="Upload a model to the Hugging Face hub with a generated model card.",
         epilog="--dry-run prepares the folder and card and prints them, without any network access.",
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint: .pt file, directory or hub id")

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_command, status
+from .common import DEVICE_HELP, add_command, device_arg, resolve_device, status
 
 EPILOG = """\
 examples:
-  longclip reproduce                     # about 15 minutes on 2 CPU cores
-  longclip reproduce --quick -o /tmp/rq  # about a minute, same steps at toy sizes
+  longclip reproduce                     # about 12 minutes on 2 CPU cores
+  longclip reproduce --quick -o /tmp/rq  # under a minute, same steps at toy sizes
 
 OUTPUT receives data/ (the benchmark), clip77/ (the pre-trained 77-token CLIP, reused by later runs with the same
 settings and usable with --model elsewhere), one directory per fine-tuned variant, results.json, results.md and
@@ -32,9 +32,9 @@ def register(commands: Any) -> None:
         epilog=EPILOG,
     )
     parser.add_argument("--output", "-o", default="runs/reproduce", help="run directory (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: the same pipeline in about a minute")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the same pipeline in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     parser.set_defaults(func=run)
 
 
@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its results table."""
     from ..reproduce import reproduce
 
-    reproduce(args.output, quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet)
+    reproduce(
+        args.output, quick=args.quick, seed=args.seed, device=resolve_device(args.device), progress=not args.quiet
+    )
     print((Path(args.output) / "results.md").read_text(), end="")
     status(args, f"results, models and plots in {args.output}")
     return 0

@@ -14,7 +14,8 @@ examples:
   longclip search pictures.index "a red bicycle leaning against a blue door, a cat asleep on the step" -k 5
   longclip search pictures.index --image holiday/beach.jpg -k 20 --json
 
-Texts longer than the model's context are read whole, in chunks whose embeddings are averaged.
+Texts longer than the model's context are read whole, in chunks whose embeddings are averaged. --model defaults to
+the model that built the index; it may also name an ONNX export (longclip export onnx).
 """
 
 
@@ -23,7 +24,7 @@ def register(commands: Any) -> None:
         commands,
         "search",
         help="search an index with a text or an image",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description="The images of an index that best match a text of any length, or an image.",
         epilog=_EPILOG,
     )
     parser.add_argument("index", metavar="INDEX", help="index directory (longclip index)")

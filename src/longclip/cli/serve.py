@@ -14,8 +14,9 @@ def register(commands: Any) -> None:
         commands,
         "serve",
         help="serve a local search page for an index",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
-        epilog="The page binds to 127.0.0.1 unless --host says otherwise; it only ever shows the indexed pictures.",
+        description="A local web page to search an index by paragraph or by image.",
+        epilog="The page binds to 127.0.0.1 unless --host says otherwise; it only ever shows the indexed pictures. "
+        "--model defaults to the model that built the index.",
     )
     parser.add_argument("index", metavar="INDEX", help="index directory (longclip index)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from .common import add_command, status
+from .common import DEVICE_HELP, add_command, device_arg, is_main_process, positive_int, status
+
+_POSITIVE = ("save_every", "log_every")
 
 EPILOG = """\
 examples:
@@ -27,7 +28,7 @@ complete, model/ (a transformers directory `longclip.load` reads) and longclip.p
 
 
 def register(commands: Any) -> None:
-    """Add the ``train`` subcommand, with the flags of the method named by ``--method`` (default: longclip)."""
+    """Add the ``train`` subcommand; the flags of the chosen ``--method`` are added when it parses."""
     parser = add_command(
         commands,
         "train",
@@ -38,14 +39,24 @@ def register(commands: Any) -> None:
         "device as it is, on many under torchrun.",
         epilog=EPILOG,
     )
-    argv = getattr(commands, "argv", ())
-    if "train" in argv:  # importing the methods costs a torch import: only when training
-        from ..train.options import add_train_arguments, method_from_argv
-
-        add_train_arguments(parser, method_from_argv(argv))
-    else:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    # Importing the methods costs a torch import: done only when `train` is what is being parsed.
+    parser.before_parse(add_method_flags)
     parser.set_defaults(func=run)
+
+
+def add_method_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The common training settings and those of the ``--method`` in ``argv`` (the defaults live in the library)."""
+    from ..train.options import add_train_arguments, method_from_argv
+
+    try:
+        add_train_arguments(parser, method_from_argv(argv))
+    except ValueError as e:  # an unknown --method: a usage error, named with the known ones
+        parser.error(str(e))
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        if action.dest == "device":  # one rule in every command, checked when parsing
+            action.type, action.default, action.help = device_arg, "auto", DEVICE_HELP
+        elif action.dest in _POSITIVE:  # steps between saves / logs: 0 would divide by zero deep in the loop
+            action.type = positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,14 +66,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quiet:  # -q silences the progress bar too
         args.progress = False
+    if args.device == "auto":
+        args.device = None  # the trainer's own rule is the same: CUDA when available (one device per torchrun rank)
     config, options = config_from_args(args)
     summary = train(config, options)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun every process runs this: one status is enough
-        return 0
-    for name, value in summary.get("validation", {}).items():
-        status(args, f"validation {name}: {100 * value:.1f}%")
     if summary["finished"]:
         status(args, f"trained {summary['step']} steps; model written to {summary.get('model', config.output)}")
     else:
         status(args, f"stopped after step {summary['step']} of {summary['total_steps']}; continue with --resume auto")
+    recall = validation_recall(summary)
+    if recall and is_main_process() and not args.quiet:
+        print("validation: " + ", ".join(f"{name} {100 * value:.1f}%" for name, value in recall.items()))
     return 0
+
+
+def validation_recall(summary: dict[str, Any]) -> dict[str, float]:
+    """The validation R@1 values of a training summary (``val/..._recall@1`` keys, or a ``validation`` dict)."""
+    found = {key.removeprefix("val/"): value for key, value in summary.items() if key.startswith("val/")}
+    found.update(summary.get("validation") or {})
+    return {name: float(value) for name, value in found.items() if name.endswith("recall@1")}

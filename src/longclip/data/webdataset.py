@@ -1,9 +1,9 @@
 """Streaming image/long-caption pairs from webdataset tar shards, split across ranks and DataLoader workers.
 
-A shard is a tar file whose members are grouped into samples by name: ``000017.jpg`` (or ``.jpeg``, ``.png``,
-``.webp``), ``000017.txt`` (the long caption) and optionally ``000017.short.txt`` (the short caption; else the long
-caption's first sentence). Tar reading and brace expansion (``shards-{000..009}.tar``) come from the ``webdataset``
-library (1.0.x), an optional dependency imported only when a stream is built or read.
+A shard is a tar file whose members are grouped into samples by name: ``000017.jpg`` (or another suffix of
+``longclip.images.IMAGE_EXTENSIONS``), ``000017.txt`` (the long caption) and optionally ``000017.short.txt`` (the
+short caption; else the long caption's first sentence). Tar reading and brace expansion (``shards-{000..009}.tar``)
+come from the ``webdataset`` library (1.0.x), an optional dependency imported only when a stream is built or read.
 
 Splitting is deterministic and by whole shards, so that no two ranks (or workers) ever see the same sample: shard
 ``i`` goes to rank ``i % world_size``, and a rank's shards are dealt out in the same way to its DataLoader workers.
@@ -23,14 +23,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from longclip.data.captions import first_sentence
-from longclip.images import ImageLoadError
+from longclip.images import IMAGE_EXTENSIONS, ImageLoadError
 
 __all__ = ["IMAGE_EXTENSIONS", "WebDatasetPairs", "webdataset_pairs"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-"""Sample members read as the image, in order of preference."""
+# Sample members read as the image: webdataset names a member by its suffix without the dot.
+_IMAGE_KEYS: tuple[str, ...] = tuple(sorted(suffix.lstrip(".") for suffix in IMAGE_EXTENSIONS))
 
 _CAPTION_KEY = "txt"
 _SHORT_CAPTION_KEY = "short.txt"
@@ -224,11 +224,11 @@ class WebDatasetPairs(IterableDataset):
 
     def _to_item(self, sample: dict[str, Any], index: int) -> dict[str, Any] | None:
         where = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
-        image_key = next((key for key in IMAGE_EXTENSIONS if key in sample), None)
+        image_key = next((key for key in _IMAGE_KEYS if key in sample), None)
         if image_key is None or _CAPTION_KEY not in sample:
             found = sorted(key for key in sample if not key.startswith("__"))
             logger.warning(
-                "skipping %s: it needs an image (%s) and a txt caption; found %s", where, IMAGE_EXTENSIONS, found
+                "skipping %s: it needs an image (%s) and a txt caption; found %s", where, ", ".join(_IMAGE_KEYS), found
             )
             return None
         caption = _decode_text(sample[_CAPTION_KEY])

@@ -71,6 +71,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ..images import IMAGE_EXTENSIONS
+
 __all__ = [
     "DATASETS",
     "ClassificationSet",
@@ -84,8 +86,6 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-# File suffixes torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 
 COCO_CAPTIONS_PER_IMAGE = 5  # Long-CLIP's coco.py keeps captions[0:5]; a few val2017 images have 6 or 7
 SHAREGPT4V_JSON = "share-captioner_coco_lcs_sam_1246k_1107.json"

@@ -56,7 +56,8 @@ def effective_length_curve(
     limit = model.context_length - 1
     curve = []
     for k in lengths:
-        cut = [cut_tokens(ids, min(k, limit)) for ids in token_ids]
+        # The tokenizer's own cut (CLIP's keeps the end token last, = cut_tokens), so any model family is probed.
+        cut = [model.tokenizer.truncate(ids, min(k, limit) + 1) for ids in token_ids]
         text_features = model.embed_tokens(cut, batch_size=batch_size, progress=False)
         metrics = retrieval_metrics(image_features, text_features, text_to_image, ks=(1,))
         curve.append({"k": int(k), **metrics})

@@ -11,6 +11,9 @@ One code path for every data set (no per-benchmark script): :func:`evaluate` loa
 
 Results are flat dicts with CLIP_benchmark's metric keys (``image_retrieval_recall@5``, ``acc1``, ...) plus what was
 evaluated: ``dataset``, ``task``, ``protocol``, ``model``, ``num_images``, ``num_texts``, ``num_skipped``.
+:func:`write_clip_benchmark` also writes them in CLIP_benchmark's own layout, one file per data set and task, as its
+``clip_benchmark eval`` does (``{"dataset", "model", "pretrained", "task", "metrics": {...}, "language"}``), so that
+its ``clip_benchmark build`` and the tables made from it read our results beside theirs.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ if TYPE_CHECKING:
     from ..models import DualEncoder
     from ..models.base import LongTextMode
 
-__all__ = ["evaluate", "evaluate_dataset", "format_markdown", "write_report"]
+__all__ = [
+    "clip_benchmark_records",
+    "evaluate",
+    "evaluate_dataset",
+    "format_markdown",
+    "write_clip_benchmark",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -278,3 +288,57 @@ def write_report(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(format_markdown(ordered), encoding="utf-8")
         logger.info("wrote the results table to %s", path)
+
+
+def clip_benchmark_records(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results in CLIP_benchmark's output layout: one ``{"dataset", "model", "pretrained", "task", "metrics",
+    "language"}`` dict per result, ``metrics`` holding only the metric values.
+
+    CLIP_benchmark names a model by an open_clip architecture (``model``) and its weights (``pretrained``); a longclip
+    model is one checkpoint, so both hold the name it was evaluated under.
+    """
+    records = []
+    for result in results:
+        ordered = _ordered(dict(result))
+        metrics = {key: value for key, value in ordered.items() if key not in _INFO_KEYS and _is_number(value)}
+        model = result.get("model")
+        records.append(
+            {
+                "dataset": result["dataset"],
+                "model": model,
+                "pretrained": model,
+                "task": result["task"],
+                "metrics": metrics,
+                "language": "en",
+            }
+        )
+    return records
+
+
+def write_clip_benchmark(results: Sequence[dict[str, Any]], directory: PathLike) -> list[Path]:
+    """Write each result as ``DIRECTORY/{dataset}_{task}.json`` in CLIP_benchmark's layout (see
+    :func:`clip_benchmark_records`).
+
+    Returns:
+        The files written, in the order of ``results``.
+
+    Raises:
+        NotADirectoryError: If ``directory`` exists and is a file.
+        ValueError: If two results have the same data set and task (one would overwrite the other).
+    """
+    folder = Path(directory).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; CLIP_benchmark results are written into a directory")
+    records = clip_benchmark_records(results)
+    names = [f"{record['dataset']}_{record['task']}.json" for record in records]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"two results would both be written to {folder / repeated[0]} (same data set and task)")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, record in zip(names, records, strict=True):
+        path = folder / name
+        path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths.append(path)
+    logger.info("wrote %d CLIP_benchmark result files to %s", len(paths), folder)
+    return paths

@@ -38,14 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..images import ImageLoadError, open_image
+from ..images import IMAGE_EXTENSIONS, ImageLoadError, open_image
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WORK_DIR = "work"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 AUTO_APPROXIMATE_FROM = 100_000  # below this many vectors an exact search is fast enough (milliseconds per query)

@@ -490,7 +490,7 @@ def _is_webdataset(data: str) -> bool:
 def _stream_batches(config, task, context):
     from ..data import SHORT_CAPTION_RULES, webdataset_pairs
 
-    model, collate = task.model, task.collate
+    model, collate = task.model, _ShardAwareCollate(task.collate)
     if not config.samples_per_epoch:
         raise ValueError("webdataset data needs --samples-per-epoch (a stream has no length to count epochs by)")
     steps_per_epoch = config.samples_per_epoch // (config.batch_size * context.world_size)
@@ -513,6 +513,22 @@ def _stream_batches(config, task, context):
         return itertools.islice(endless(), first_step, steps_per_epoch)
 
     return batches, steps_per_epoch
+
+
+class _ShardAwareCollate:
+    """A task's collate behind which the stream's ``{"bad_shard": url}`` markers are listed as ``bad_shards``.
+
+    The markers are not samples, so no task's own collate ever sees one.
+    """
+
+    def __init__(self, collate: Callable[[list], dict]):
+        self.collate = collate
+
+    def __call__(self, items: list[dict | None]) -> dict:
+        bad_shards = [item["bad_shard"] for item in items if item is not None and "bad_shard" in item]
+        batch = self.collate([item for item in items if item is None or "bad_shard" not in item])
+        batch["bad_shards"] = bad_shards
+        return batch
 
 
 def _validator(pairs, config: TrainConfig) -> Callable[[DualEncoder], dict[str, float]]:
