@@ -93,8 +93,14 @@ class Task(nn.Module):
         """Restore ``counters()`` from a training checkpoint."""
 
     def save_model(self, directory: Path) -> None:
-        """Write the model as it is now where ``longclip.load`` reads it, without changing it (for checkpoints)."""
-        self.model.save_pretrained(directory)
+        """Write the model as it is now where ``longclip.load`` reads it, without changing it (for checkpoints).
+
+        A model without ``save_pretrained`` (e.g. a text-only encoder that ``save_final`` writes its own way) gets no
+        ``model/`` copy in its checkpoints; override this to give it one.
+        """
+        save = getattr(self.model, "save_pretrained", None)
+        if save is not None:
+            save(directory)
 
     def save_final(self, directory: Path, config: TrainConfig) -> Path:
         """Write the trained model where ``longclip.load`` reads it; returns its path."""
