@@ -211,14 +211,18 @@ def llm2clip(source: Path, output: Path, data: dict[str, Path], scale: Scale, se
     return Path(train(config, LLM2CLIPOptions(text_cache=str(cache)))["model"])
 
 
-def available_llm2clip_variants() -> list[tuple[str, str, str]]:
-    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model)."""
+def available_llm2clip_variants(quick: bool = False) -> list[tuple[str, str, str]]:
+    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model).
+
+    ``quick`` keeps only the MiniLM row: embedding the captions with SmolLM2-135M alone takes minutes on a CPU, more
+    than the whole quick run is for.
+    """
     import importlib.util
 
     from .models.language import packaged_model_path
 
     rows = []
-    for name, description, language in LLM2CLIP_VARIANTS:
+    for name, description, language in LLM2CLIP_VARIANTS[:1] if quick else LLM2CLIP_VARIANTS:
         try:
             _, gguf_file = packaged_model_path(language)
         except (ModuleNotFoundError, FileNotFoundError) as e:
@@ -293,7 +297,7 @@ def reproduce(
         curves[description] = curve
         plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
         logger.info("%s: %s", description, metrics)
-    for name, description, language in available_llm2clip_variants():
+    for name, description, language in available_llm2clip_variants(quick):
         path = llm2clip(clip77, output / name, data, scale, seed, device, language)
         model, _ = load(path, device=device or "cpu", dtype="float32")
         metrics, curve = evaluate(model, data, scale)
