@@ -46,14 +46,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             code to load.
     """
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except PermissionError as e:  # is_file() would call this "no such file"
+        raise PermissionError(f"{path}: permission denied") from e
+    except OSError as e:
+        raise FileNotFoundError(f"no checkpoint file at {path} ({e.strerror})") from e
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    size = path.stat().st_size
+        raise FileNotFoundError(f"{path} is not a file")
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes)")
 
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except PermissionError as e:
+        raise PermissionError(f"{path}: permission denied (cannot read it)") from e
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
         try:
             return load_safetensors(str(path))
