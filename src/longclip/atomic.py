@@ -20,22 +20,24 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
 
     Raises:
-        OSError: The write failed (the disk is full, ...); the message names the target and says that the previous
+        OSError: The write failed (the disk is full, ...; torch and safetensors report it as RuntimeError or
+            SafetensorError, turned into OSError here); the message names the target and says that the previous
             file, if any, is unchanged. The temporary is removed.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+    # A private directory keeps the file's own name (torch.save names its archive's records after it).
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    temporary = folder / path.name
     try:
         yield temporary
         os.chmod(temporary, _default_mode())
         os.replace(temporary, path)
     except BaseException as e:
-        temporary.unlink(missing_ok=True)
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+        if isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError":
             raise _write_error(path, e) from e
         raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -59,7 +61,7 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
             os.chmod(file, mode)
             os.replace(file, directory / file.name)
     except BaseException as e:
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+        if isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError":
             raise _write_error(directory, e) from e
         raise
     finally:

@@ -112,12 +112,15 @@ def check_archive(archive: zipfile.ZipFile, path: Path, names: list[str]) -> Non
                 f"{info.file_size}); torch never compresses checkpoint data, so the file was repacked and is refused "
                 "rather than expanded"
             )
-        with archive.open(info) as entry:  # zipfile raises BadZipFile at the end of an entry with a wrong CRC
-            while entry.read(1 << 22):
-                pass
+        try:
+            with archive.open(info) as entry:  # zipfile raises BadZipFile at the end of an entry with a wrong CRC
+                while entry.read(1 << 22):
+                    pass
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: the zip entry {name} fails its CRC check; the file is corrupt") from e
 
 
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
 
 
 def _load_weights_only(path: Path, size: int) -> object:

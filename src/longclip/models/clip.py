@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -216,11 +217,15 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     Every name and shape is checked first against the model the config describes (built on the meta device, so
     nothing is allocated), so a bad checkpoint fails with a message naming the tensor.
     """
+    if isinstance(config, dict):
+        # Checked before anything is built (100000 layers took minutes, even on meta) or validated by transformers
+        # (whose checks end in ZeroDivisionError or multi-line tracebacks).
+        check_clip_config(_with_defaults(config), state_dict, where)
     try:
         config = clip_config(config)
-    except (ValueError, TypeError, KeyError, StrictDataclassError) as e:
-        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {e}") from e
-    # Checked before anything is built: a config of 100000 layers would take minutes to build, even on meta.
+    except (ValueError, TypeError, KeyError, ZeroDivisionError, StrictDataclassError) as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {reason}") from e
     check_clip_config(config, state_dict, where)
     # Older transformers saved the position ids buffer; it is recomputed, never read.
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
@@ -241,7 +246,27 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     return model.float().eval()
 
 
-def check_clip_config(config: CLIPConfig, state_dict: dict[str, torch.Tensor], where: object) -> None:
+def _with_defaults(config: dict) -> SimpleNamespace:
+    """A config dict as attributes, transformers' defaults filling what it leaves out (nothing validated yet)."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    def tower(defaults: dict, given: object) -> SimpleNamespace:
+        return SimpleNamespace(**{**defaults, **(given if isinstance(given, dict) else {})})
+
+    top = {"projection_dim": 512, "logit_scale_init_value": 2.6592, **config}
+    top["text_config"] = tower(_DEFAULTS.setdefault("text", CLIPTextConfig().to_dict()), config.get("text_config"))
+    top["vision_config"] = tower(
+        _DEFAULTS.setdefault("vision", CLIPVisionConfig().to_dict()), config.get("vision_config")
+    )
+    return SimpleNamespace(**top)
+
+
+_DEFAULTS: dict[str, dict] = {}
+
+
+def check_clip_config(
+    config: CLIPConfig | SimpleNamespace, state_dict: dict[str, torch.Tensor], where: object
+) -> None:
     """Check a CLIP config's numbers, and against the weights, before anything is built.
 
     Raises:
