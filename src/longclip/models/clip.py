@@ -275,7 +275,9 @@ def check_clip_config(
     from transformers.activations import ACT2FN
 
     def fail(field: str, value: object, expected: str) -> None:
-        raise CheckpointError(f"{where}: config field {field} is {value!r}; expected {expected}")
+        raise CheckpointError(
+            f"{where}: the config is not a valid CLIP config: field {field} is {value!r}; expected {expected}"
+        )
 
     def weight_dim(name: str, dim: int) -> int | None:
         tensor = state_dict.get(name)
