@@ -31,9 +31,10 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
     from transformers import CLIPConfig, CLIPModel
 
     from longclip.models import LongCLIPModel
-    from longclip.train import LongCLIPObjective, TrainConfig, fit
+    from longclip.positions import freeze_position_rows
+    from longclip.train import TrainConfig, fit
     from longclip.train.distributed import DistributedContext
-    from longclip.train.freezing import freeze_position_rows
+    from longclip.train.tasks import LongCLIPOptions, LongCLIPTask
 
     if threads:
         torch.set_num_threads(threads)
@@ -62,6 +63,7 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
                 "pixels": torch.randn(batch_size, 3, 224, 224, generator=generator),
                 "long_ids": ids(torch.randint(150, 231, (batch_size,), generator=generator).tolist()),
                 "short_ids": ids(torch.randint(12, 19, (batch_size,), generator=generator).tolist()),
+                "indices": torch.arange(batch_size),
                 "num_bad": 0,
             }
 
@@ -74,7 +76,7 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        fit(model, LongCLIPObjective(context=context), batches, steps, config, context)
+        fit(LongCLIPTask(model, LongCLIPOptions(), context), batches, steps, config, context)
         seconds = time.perf_counter() - started
         rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if '"loss"' in line]
     if device == "cuda":

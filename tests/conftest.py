@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel
+
+# dtype="auto" would pick bfloat16 on CPUs with native bf16; the parity checks compare with float32 references, so the
+# suite (and the subprocesses it starts) pins auto to float32. tests/test_precision.py unsets it where it tests auto.
+os.environ["LONGCLIP_AUTO_DTYPE"] = "float32"
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 

@@ -309,10 +309,10 @@ def test_collator_truncates_at_context_length() -> None:
 
 def test_collator_all_bad(tokenizer: LongCLIPTokenizer) -> None:
     batch = CaptionCollator(tokenizer)([None, None, None])
-    assert set(batch) == {"pixels", "long_ids", "short_ids", "indices", "num_bad"}
+    assert set(batch) == {"pixels", "long_ids", "long_mask", "short_ids", "short_mask", "indices", "num_bad"}
     assert batch["num_bad"] == 3
     assert batch["pixels"].numel() == 0 and batch["indices"].shape == (0,)
-    assert batch["long_ids"].shape == batch["short_ids"].shape == (0, 0)
+    assert batch["long_ids"].shape == batch["short_ids"].shape == batch["long_mask"].shape == (0, 0)
 
 
 # --------------------------------------------------------------------------------------------------------- webdataset

@@ -322,10 +322,19 @@ def test_cifar10_rows_decode_to_the_right_pixels(tmp_path, legacy):
     assert np.array_equal(np.asarray(Image.fromarray(data.images[1])), data.images[1])
 
 
-def test_cifar100_reads_fine_labels_and_spaces_class_names(tmp_path):
+def test_cifar100_reads_fine_labels_and_keeps_underscores_as_the_original(tmp_path):
+    # The original evaluation takes torchvision's CIFAR100.classes, which keep the files' underscores.
     root = make_cifar(tmp_path, hundred=True) / "cifar-100-python"  # the folder itself works too
     data = load_dataset("cifar100", root)
-    assert data.class_names == ["maple tree", "aquarium fish", "apple"] and data.labels == [2, 0, 1, 2]
+    assert data.class_names == ["maple_tree", "aquarium_fish", "apple"] and data.labels == [2, 0, 1, 2]
+    cleaned = load_dataset("cifar100", root, clean_class_names=True)
+    assert cleaned.class_names == ["maple tree", "aquarium fish", "apple"] and cleaned.labels == data.labels
+
+
+def test_cifar10_class_names_are_the_files(tmp_path):
+    data = load_dataset("cifar10", make_cifar(tmp_path))
+    assert data.class_names == ["airplane", "automobile", "bird"]
+    assert load_dataset("cifar10", tmp_path, clean_class_names=True).class_names == data.class_names
 
 
 def test_a_malicious_cifar_pickle_is_refused_and_never_runs(tmp_path):

@@ -51,19 +51,22 @@ def png_rgb16(pixels: np.ndarray) -> bytes:
 
 
 def reference_clip(rgb: np.ndarray, size: int) -> np.ndarray:
-    """OpenAI CLIP preprocessing written independently with PIL + numpy, as a [3, size, size] float64 array."""
+    """OpenAI CLIP's preprocessing written independently with PIL + numpy, as a [3, size, size] float32 array.
+
+    torchvision's Resize on a PIL image (short side -> size, long side int(size * long / short), PIL bicubic),
+    CenterCrop (offsets int(round((h - size) / 2)), Python's round: half to even), ToTensor (float32 / 255) and
+    Normalize (float32 subtract, divide).
+    """
     height, width = rgb.shape[:2]
-    # Shortest edge -> size, the other edge truncated (torchvision's and transformers' int()).
     if width <= height:
         new_width, new_height = size, int(size * height / width)
     else:
         new_width, new_height = int(size * width / height), size
-    resized = np.asarray(Image.fromarray(rgb).resize((new_width, new_height), Image.BICUBIC), dtype=np.float64)
-    # transformers' center crop floors the offset; torchvision uses int(round(...)), which differs by one pixel
-    # when the margin is odd (see test_crop_offset_cases_are_discriminating).
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    crop = resized[top : top + size, left : left + size] / 255.0
-    return ((crop - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
+    resized = np.asarray(Image.fromarray(rgb).resize((new_width, new_height), Image.BICUBIC))
+    top, left = int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+    crop = resized[top : top + size, left : left + size].astype(np.float32) / np.float32(255)
+    mean, std = CLIP_MEAN.astype(np.float32), CLIP_STD.astype(np.float32)
+    return ((crop - mean) / std).transpose(2, 0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -514,7 +517,49 @@ def test_transform_matches_reference(
     rgb = np.ascontiguousarray(data.chelsea()[: shape[0], : shape[1]])
     assert rgb.shape[:2] == shape
     out = transform(rgb).numpy()
-    np.testing.assert_allclose(out, reference_clip(rgb, 224), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(out, reference_clip(rgb, 224))
+
+
+def _photo(name: str) -> np.ndarray:
+    image = getattr(data, name)()
+    return image if image.ndim == 3 else np.stack([image] * 3, axis=-1)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field"])
+@pytest.mark.parametrize("size", [224, 336])
+def test_real_photos_equal_the_original_pipeline(name: str, size: int) -> None:
+    rgb = np.ascontiguousarray(_photo(name)[..., :3])
+    np.testing.assert_array_equal(ImageTransform.for_size(size)(rgb).numpy(), reference_clip(rgb, size))
+
+
+# (height, width): 640x427 photos (odd margin after the resize), odd margins both ways, exact halves of .5 that
+# round half to even, squares and extreme but allowed aspect ratios.
+ROUNDING_SHAPES = [
+    (427, 640),
+    (640, 427),
+    (480, 640),
+    (333, 500),
+    (500, 333),
+    (225, 226),
+    (224, 227),
+    (2, 3),
+    (1, 7),
+    (224, 224),
+    (100, 101),
+    (375, 500),
+]
+
+
+@pytest.mark.parametrize("shape", ROUNDING_SHAPES)
+def test_synthetic_sizes_hit_the_crop_rounding(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ImageTransform.for_size(224)(rgb).numpy(), reference_clip(rgb, 224))
+
+
+def test_640x427_is_a_rounding_case() -> None:
+    # 640x427 resizes to 335x224: the margin of 111 gives round(55.5) = 56 where transformers floors to 55.
+    assert int(224 * 640 / 427) == 335 and round(111 / 2) == 56 and 111 // 2 == 55
 
 
 @pytest.mark.parametrize(("shape", "resized"), REFERENCE_CASES[1:])
@@ -536,7 +581,7 @@ def test_transform_applies_open_image(transform: ImageTransform, tmp_path: Path)
     path = save(Image.fromarray(data.chelsea()), tmp_path / "rotated.jpg", exif=exif)
     with Image.open(path) as stored:
         upright = np.ascontiguousarray(np.rot90(np.asarray(stored.convert("RGB")), -1))
-    np.testing.assert_allclose(transform(path).numpy(), reference_clip(upright, 224), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(transform(path).numpy(), reference_clip(upright, 224))
 
 
 def test_transform_other_size() -> None:
@@ -545,7 +590,7 @@ def test_transform_other_size() -> None:
     rgb = data.astronaut()
     out = transform(rgb)
     assert out.shape == (3, 336, 336)
-    np.testing.assert_allclose(out.numpy(), reference_clip(rgb, 336), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(out.numpy(), reference_clip(rgb, 336))
 
 
 def test_batch(transform: ImageTransform, chelsea_jpeg: Path) -> None:

@@ -163,7 +163,7 @@ def test_reduced_precision_inference_stays_close(tmp_path):
     assert half.dtype == torch.bfloat16
     similarity = (full.embed_texts(SHORT + LONG) * half.embed_texts(SHORT + LONG)).sum(-1)
     assert (similarity > 0.99).all()
-    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16"):
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, float16, bfloat16"):
         longclip.load(tmp_path, dtype="int8")
 
 

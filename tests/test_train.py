@@ -1,6 +1,7 @@
 """Fine-tuning: the objective against hand computations, and whole runs (resume, DDP, failures) on tiny data."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from longclip.train.checkpointing import list_checkpoints, load_checkpoint, save
 from longclip.train.distributed import DistributedContext
 from longclip.train.freezing import merge_position_rows
 from longclip.train.losses import contrastive_loss, principal_component_reconstruction
+from longclip.train.tasks import LongCLIPOptions
 from longclip.train.trainer import build_model, epoch_batches
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -55,13 +57,16 @@ def dataset(tmp_path_factory):
     return root
 
 
-def _config(dataset, output, **overrides) -> TrainConfig:
+def _config(dataset, output, **overrides) -> tuple[TrainConfig, LongCLIPOptions]:
+    """The common settings and Long-CLIP's own, from one set of keyword overrides."""
     settings = dict(
         model=str(dataset / "clip77"), data=str(dataset / "pairs.csv"), output=str(output), batch_size=4, epochs=2,
         lr=1e-3, warmup_steps=2, num_workers=0, log_every=1, save_every=1000, pca_components=2, device="cpu",
     )  # fmt: skip
     settings.update(overrides)
-    return TrainConfig(**settings)
+    own = {f.name for f in dataclasses.fields(LongCLIPOptions)}
+    options = LongCLIPOptions(**{k: v for k, v in settings.items() if k in own})
+    return TrainConfig(**{k: v for k, v in settings.items() if k not in own}), options
 
 
 def _metrics(output) -> list[dict]:
@@ -117,7 +122,7 @@ def test_svd_failure_skips_the_short_loss_and_is_counted(monkeypatch):
 
 def test_training_lowers_the_loss_and_keeps_the_kept_rows(dataset, tmp_path):
     config = _config(dataset, tmp_path / "run", epochs=6)
-    summary = train(config)
+    summary = train(*config)
     assert summary["finished"] and summary["step"] == 24
     losses = [row["loss"] for row in _metrics(tmp_path / "run") if "loss" in row]
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4
@@ -131,7 +136,7 @@ def test_training_lowers_the_loss_and_keeps_the_kept_rows(dataset, tmp_path):
 
 
 def test_validation_reports_long_and_short_retrieval_each_epoch(dataset, tmp_path):
-    summary = train(_config(dataset, tmp_path / "run", val_rows=4, batch_size=4, epochs=2))
+    summary = train(*_config(dataset, tmp_path / "run", val_rows=4, batch_size=4, epochs=2))
     assert summary["step"] == 6  # 12 training pairs after holding out 4: 3 steps per epoch
     validations = [row for row in _metrics(tmp_path / "run") if "val/long/image_retrieval_recall@1" in row]
     assert [row["step"] for row in validations] == [3, 6]
@@ -142,16 +147,16 @@ def test_validation_reports_long_and_short_retrieval_each_epoch(dataset, tmp_pat
 
 def test_an_impossible_pt_export_fails_before_training(dataset, tmp_path):
     with pytest.raises(ValueError, match="cannot record attention heads"):
-        train(_config(dataset, tmp_path / "run", save_pt=True))
+        train(*_config(dataset, tmp_path / "run", save_pt=True))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
-    train(_config(dataset, tmp_path / "straight"))
-    interrupted = train(_config(dataset, tmp_path / "resumed", stop_after_steps=3))
+    train(*_config(dataset, tmp_path / "straight"))
+    interrupted = train(*_config(dataset, tmp_path / "resumed", stop_after_steps=3))
     assert not interrupted["finished"] and interrupted["step"] == 3
     assert not (tmp_path / "resumed" / "model").exists()
-    resumed = train(_config(dataset, tmp_path / "resumed", resume="auto"))
+    resumed = train(*_config(dataset, tmp_path / "resumed", resume="auto"))
     assert resumed["finished"] and resumed["step"] == 8
     straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
     again = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
@@ -200,7 +205,7 @@ def test_non_finite_loss_skips_the_step(dataset, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(LongCLIPObjective, "__call__", nan_on_second)
-    summary = train(_config(dataset, tmp_path / "run", epochs=1))
+    summary = train(*_config(dataset, tmp_path / "run", epochs=1))
     assert summary["skipped_steps"] == 1 and summary["finished"]
     weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
@@ -214,7 +219,7 @@ def test_unreadable_images_are_counted_and_bounded(dataset, tmp_path):
     (tmp_path / "bad.csv").write_text("\n".join(table) + "\n")
     config = _config(dataset, tmp_path / "ok", data=str(tmp_path / "bad.csv"), image_root=str(dataset),
                      epochs=1, max_bad_fraction=0.2)  # fmt: skip
-    summary = train(config)
+    summary = train(*config)
     assert summary["bad_images"] == 2 and summary["seen_images"] == 16
     listed = (tmp_path / "ok" / "bad_images.txt").read_text().split()
     assert sorted(os.path.basename(p) for p in listed) == ["missing.png", "not-an-image.png"]
@@ -222,7 +227,7 @@ def test_unreadable_images_are_counted_and_bounded(dataset, tmp_path):
     strict = _config(dataset, tmp_path / "strict", data=str(tmp_path / "bad.csv"), image_root=str(dataset),
                      epochs=1, max_bad_fraction=0.05)  # fmt: skip
     with pytest.raises(TrainingError, match=r"2 of 16 images \(12.5%\) could not be read"):
-        train(strict)
+        train(*strict)
 
 
 def _free_port() -> int:
@@ -247,7 +252,7 @@ def test_two_process_ddp_equals_a_single_process_computation(dataset, tmp_path):
     assert len(ddp_losses) == 2  # 16 pairs / (4 per rank x 2 ranks)
 
     # The same objective in one process, written out: loss on the global batch of 8, PCA on each rank's 4.
-    model = build_model(_config(dataset, tmp_path / "unused"))
+    model = build_model(*_config(dataset, tmp_path / "unused"))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
@@ -325,11 +330,11 @@ def test_training_streams_webdataset_shards(dataset, tmp_path):
     config = _config(
         dataset, tmp_path / "run", data=str(tmp_path / "shard-{0..1}.tar"), samples_per_epoch=16, epochs=1
     )
-    summary = train(config)
+    summary = train(*config)
     assert summary["finished"] and summary["step"] == 4 and summary["bad_images"] == 0
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="needs --samples-per-epoch"):
-        train(_config(dataset, tmp_path / "again", data=str(tmp_path / "shard-{0..1}.tar")))
+        train(*_config(dataset, tmp_path / "again", data=str(tmp_path / "shard-{0..1}.tar")))
 
 
 def test_cli_train_writes_a_model_longclip_loads(dataset, tmp_path, capsys):
@@ -351,11 +356,11 @@ def test_optional_reporters_receive_the_metrics(dataset, tmp_path, monkeypatch):
     fake_wandb = types.ModuleType("wandb")
     fake_wandb.init = lambda **kwargs: types.SimpleNamespace(log=lambda row, step: logged.append((step, row)))
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
-    train(_config(dataset, tmp_path / "run", epochs=1, report_to="wandb"))
+    train(*_config(dataset, tmp_path / "run", epochs=1, report_to="wandb"))
     assert [step for step, _ in logged] == [1, 2, 3, 4]
     assert all("loss" in row and "lr" in row for _, row in logged)
     with pytest.raises(ValueError, match="report_to: unknown"):
-        train(_config(dataset, tmp_path / "other", epochs=1, report_to="mlflow"))
+        train(*_config(dataset, tmp_path / "other", epochs=1, report_to="mlflow"))
 
 
 def test_two_process_run_lists_every_ranks_unreadable_images(dataset, tmp_path):

@@ -21,7 +21,7 @@ from .tokenizer import CLIP_CONTEXT_LENGTH
 def load(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | DTypeName | None = None,
+    dtype: torch.dtype | DTypeName | None = "auto",
     revision: str | None = None,
 ) -> tuple[DualEncoder, ImageTransform]:
     """Load a model and its image preprocessing, like ``longclip.load`` in the original repository.
@@ -31,7 +31,9 @@ def load(
             ``save_pretrained`` wrote (any registered family), or a hub id (``BeichenZhang/LongCLIP-B``,
             ``openai/clip-vit-base-patch16``, ...).
         device: Where to put the model.
-        dtype: Weight dtype; by default float32 on the CPU and float16 on CUDA.
+        dtype: Weight dtype. ``"auto"`` (the default) picks what the hardware computes natively: bfloat16 on CUDA
+            devices and CPUs that have it (AVX512-BF16 or AMX), float16 on older CUDA devices, float32 otherwise
+            (``longclip.precision``).
         revision: Hub revision, for hub ids.
 
     Returns:
@@ -44,7 +46,7 @@ def load(
 def load_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | DTypeName | None = None,
+    dtype: torch.dtype | DTypeName | None = "auto",
     revision: str | None = None,
     expect: type[DualEncoder] = DualEncoder,
 ) -> DualEncoder:
@@ -71,7 +73,7 @@ def load_model(
 def load_from_clip(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | DTypeName | None = None,
+    dtype: torch.dtype | DTypeName | None = "auto",
     keep_positions: int = LONGCLIP_KEEP_POSITIONS,
     ratio: int = LONGCLIP_STRETCH_RATIO,
     mode: str = "kps",

@@ -3,9 +3,10 @@
 Real-world image collections are messy: photos stored sideways with an EXIF orientation tag, PNGs with
 transparent regions, 16-bit scans, CMYK JPEGs, truncated downloads, files with the wrong extension and the
 occasional decompression bomb. :func:`open_image` turns any of those into a plain 8-bit RGB
-:class:`PIL.Image.Image` (or raises a clear, catchable :class:`ImageLoadError`), and :class:`ImageTransform` wraps
-``transformers.CLIPImageProcessorPil`` (the PIL/NumPy backend, which does not need torchvision) to produce the
-normalised ``[3, size, size]`` tensors a CLIP vision tower expects.
+:class:`PIL.Image.Image` (or raises a clear, catchable :class:`ImageLoadError`), and :class:`ImageTransform` applies
+OpenAI CLIP's original preprocessing (torchvision's resize, round-half-even centre crop and normalisation, written
+with PIL and torch so torchvision is not needed) with the settings of a ``transformers.CLIPImageProcessorPil``,
+producing the normalised ``[3, size, size]`` tensors a CLIP vision tower expects.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     from transformers import CLIPImageProcessorPil
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageLoadError", "ImageTransform", "open_image"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_PREPROCESS_SIDE",
+    "MAX_RESIZED_PIXELS",
+    "ImageLoadError",
+    "ImageTransform",
+    "open_image",
+    "validate_preprocessing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -320,15 +329,41 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> Image.Image:
     return _to_rgb(image, _ARRAY_LABEL)
 
 
+MAX_RESIZED_PIXELS: int = 16_000_000
+"""Limit on the pixels of an image after the shortest-edge resize (before the crop).
+
+The source pixel limit does not bound the work: a 375-byte 100000x1 PNG passes it, yet resizing its short side to
+224 asks for a 224 x 22,400,000 image (15 GB). Such images are refused with :class:`ImageLoadError` instead. At 224
+pixels the limit allows aspect ratios up to about 318:1.
+"""
+
+MAX_PREPROCESS_SIDE: int = 4096
+"""Largest resize or crop side a preprocessing config may ask for (CLIP models use 224 to 448)."""
+
+_RESAMPLE_FILTERS = {int(f) for f in Image.Resampling}
+
+
 class ImageTransform:
     """CLIP's image preprocessing as a callable: image (anything open_image accepts) -> float tensor [3, size, size].
 
     Every input first goes through :func:`open_image` (orientation, transparency, bit depth, errors), then through
-    the wrapped ``transformers.CLIPImageProcessorPil``. Instances are picklable, so they can be used inside
+    the steps of OpenAI CLIP's original preprocessing (torchvision's ``Resize`` on a PIL image, ``CenterCrop``,
+    ``ToTensor``, ``Normalize``), with the settings of the wrapped ``transformers.CLIPImageProcessorPil``:
+
+    1. resize the shortest edge to ``size["shortest_edge"]`` with PIL (bicubic by default); the long edge is
+       ``int(size * long / short)``, as torchvision computes it (or resize to ``size["height"] x size["width"]``);
+    2. centre crop, with the offset ``round((h - crop) / 2)`` (Python's round, half to even, as torchvision does;
+       transformers floors it instead, which shifts the crop by one pixel on sizes such as 640x427);
+    3. divide by 255 in float32, subtract the mean and divide by the std, per channel, in float32.
+
+    For an RGB image without an orientation tag the result equals the original pipeline's tensor exactly. The two
+    deliberate differences are in :func:`open_image`: EXIF orientation is applied, and transparency is composited
+    over white (the original drops the alpha channel). Instances are picklable, so they can be used inside
     ``torch.utils.data.DataLoader`` workers.
 
     Attributes:
-        image_processor: The wrapped ``CLIPImageProcessorPil`` (or a compatible PIL-backend image processor).
+        image_processor: The wrapped ``CLIPImageProcessorPil`` (or a compatible PIL-backend image processor); it
+            holds the settings and is what ``save_pretrained`` writes.
     """
 
     def __init__(self, image_processor: CLIPImageProcessorPil) -> None:
@@ -339,10 +374,10 @@ class ImageTransform:
                 It must produce square images: a square center crop, or a square resize when cropping is off.
 
         Raises:
-            ValueError: The processor's output size cannot be determined or is not square.
+            ValueError: A setting is invalid (see :func:`validate_preprocessing`).
         """
         self.image_processor = image_processor
-        self._image_size = _square_output_size(image_processor)
+        self._image_size = validate_preprocessing(image_processor)
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike, image_size: int) -> ImageTransform:
@@ -350,13 +385,29 @@ class ImageTransform:
 
         Args:
             directory: A transformers model directory.
-            image_size: The image tower's resolution, used when the directory holds no preprocessor config.
+            image_size: The image tower's resolution. Used when the directory holds no preprocessor config, and
+                otherwise checked against the config's output size.
+
+        Raises:
+            ValueError: The config cannot be read, a setting is invalid, or its output size is not ``image_size``;
+                the message names the file and the field.
         """
-        if not os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
+        path = os.path.join(directory, "preprocessor_config.json")
+        if not os.path.isfile(path):
             return cls.for_size(image_size)
         from transformers import CLIPImageProcessorPil
 
-        return cls(CLIPImageProcessorPil.from_pretrained(directory))
+        try:
+            processor = CLIPImageProcessorPil.from_pretrained(directory)
+        except Exception as exc:  # broad on purpose: a hand-edited json fails in many ways inside transformers
+            raise ValueError(
+                f"{path}: cannot be read as a CLIP image processor config ({_short_reason(exc)})"
+            ) from exc
+        try:
+            validate_preprocessing(processor, image_size)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return cls(processor)
 
     @classmethod
     def for_size(cls, image_size: int) -> ImageTransform:
@@ -410,9 +461,10 @@ class ImageTransform:
 
         Raises:
             FileNotFoundError: See :func:`open_image`.
-            ImageLoadError: See :func:`open_image`.
+            ImageLoadError: See :func:`open_image`; also when the resized image would exceed
+                :data:`MAX_RESIZED_PIXELS` (an extreme aspect ratio).
         """
-        return self._process([open_image(image)])[0]
+        return self._tensor(open_image(image), _source_label(image))
 
     def batch(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """Load and preprocess several images into one batch.
@@ -425,42 +477,148 @@ class ImageTransform:
 
         Raises:
             FileNotFoundError: See :func:`open_image`.
-            ImageLoadError: See :func:`open_image`.
+            ImageLoadError: See :meth:`__call__`.
         """
-        rgb_images = [open_image(image) for image in images]
-        if not rgb_images:
+        if not images:
             return torch.empty((0, 3, self._image_size, self._image_size), dtype=torch.float32)
-        return self._process(rgb_images)
+        return torch.stack([self(image) for image in images])
 
-    def _process(self, rgb_images: list[Image.Image]) -> torch.Tensor:
-        # Without return_tensors the PIL backend returns a list of numpy arrays; "pt" stacks them into one tensor.
-        pixel_values = self.image_processor(rgb_images, return_tensors="pt")["pixel_values"]
-        return pixel_values.to(torch.float32)
+    def _tensor(self, rgb: Image.Image, label: str) -> torch.Tensor:
+        processor = self.image_processor
+        if processor.do_resize:
+            rgb = rgb.resize(self._resized_size(rgb.size, label), Image.Resampling(int(processor.resample)))
+        if processor.do_center_crop:
+            rgb = _center_crop(rgb, int(processor.crop_size["height"]), int(processor.crop_size["width"]))
+        pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32)
+        if processor.do_rescale:
+            # ToTensor divides by 255; dividing (rather than multiplying by 1/255) keeps the float32 bits equal.
+            factor = float(processor.rescale_factor)
+            pixels = pixels / 255.0 if abs(factor - 1 / 255) < 1e-12 else pixels * factor
+        if processor.do_normalize:
+            mean = torch.tensor(_per_channel(processor.image_mean), dtype=torch.float32)[:, None, None]
+            std = torch.tensor(_per_channel(processor.image_std), dtype=torch.float32)[:, None, None]
+            pixels = (pixels - mean) / std
+        return pixels.contiguous()
+
+    def _resized_size(self, size: tuple[int, int], label: str) -> tuple[int, int]:
+        """(width, height) after the resize, refusing sizes whose pixels exceed :data:`MAX_RESIZED_PIXELS`."""
+        width, height = size
+        target = self.image_processor.size
+        if target.get("shortest_edge") is not None:
+            edge = int(target["shortest_edge"])
+            short, long = min(width, height), max(width, height)
+            new_long = int(edge * long / short)  # torchvision's rule: truncate, not round
+            new_width, new_height = (edge, new_long) if width <= height else (new_long, edge)
+        else:
+            new_width, new_height = int(target["width"]), int(target["height"])
+        if new_width * new_height > MAX_RESIZED_PIXELS:
+            raise ImageLoadError(
+                label,
+                f"its aspect ratio ({width}x{height}) would resize it to {new_width}x{new_height} = "
+                f"{new_width * new_height} pixels, over the limit of {MAX_RESIZED_PIXELS} (MAX_RESIZED_PIXELS)",
+            )
+        return new_width, new_height
 
     def __repr__(self) -> str:
         processor_name = type(self.image_processor).__name__
         return f"{type(self).__name__}(image_size={self._image_size}, image_processor={processor_name})"
 
 
-def _square_output_size(image_processor: Any) -> int:
-    """Return the side length of the square images the processor produces."""
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """torchvision's CenterCrop on a PIL image: offsets rounded half to even; zero padding where the crop is larger."""
+    if image.width < width or image.height < height:
+        padded = Image.new("RGB", (max(width, image.width), max(height, image.height)), (0, 0, 0))
+        padded.paste(image, ((padded.width - image.width) // 2, (padded.height - image.height) // 2))
+        image = padded
+    top = round((image.height - height) / 2)
+    left = round((image.width - width) / 2)
+    return image.crop((left, top, left + width, top + height))
 
-    def side(size: Any) -> int | None:
-        # transformers 5 stores sizes as SizeDict objects, older processors as plain dicts; both have .get().
-        if size is None:
-            return None
-        height, width = size.get("height"), size.get("width")
-        return int(height) if height is not None and height == width else None
 
-    if getattr(image_processor, "do_center_crop", False):
-        result = side(getattr(image_processor, "crop_size", None))
-    elif getattr(image_processor, "do_resize", False):
-        result = side(getattr(image_processor, "size", None))
-    else:
-        result = None
-    if result is None:
+def _source_label(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(source)
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or _PIL_LABEL
+    if isinstance(source, np.ndarray):
+        return _ARRAY_LABEL
+    return _BYTES_LABEL
+
+
+def _per_channel(values: Any) -> list[float]:
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    return values * 3 if len(values) == 1 else values
+
+
+def validate_preprocessing(image_processor: Any, image_size: int | None = None) -> int:
+    """Check an image processor's settings and return the side of the square images it produces.
+
+    Refuses what would give silent NaNs or exhaust memory: a mean or std that is not finite, a std of 0, sizes that
+    are not positive integers up to :data:`MAX_PREPROCESS_SIDE`, an unknown resampling filter, non-square output.
+    The model loader calls it with the image tower's resolution, so preprocessing that disagrees with the model is
+    refused at load.
+
+    Args:
+        image_processor: A ``CLIPImageProcessorPil`` (or an object with the same attributes).
+        image_size: The resolution the output must have, if known.
+
+    Returns:
+        The output side in pixels.
+
+    Raises:
+        ValueError: A setting is invalid; the message names the field and its value.
+    """
+    settings = image_processor
+    if getattr(settings, "do_normalize", False):
+        _check_mean_std(settings)
+    if getattr(settings, "do_rescale", False):
+        factor = getattr(settings, "rescale_factor", None)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"rescale_factor must be a positive finite number, got {factor!r}")
+    resized = _checked_size(settings, "size", ("shortest_edge",)) if getattr(settings, "do_resize", False) else None
+    if resized is not None:
+        resample = getattr(settings, "resample", None)
+        if isinstance(resample, bool) or not isinstance(resample, int) or int(resample) not in _RESAMPLE_FILTERS:
+            raise ValueError(f"resample must be one of PIL's filters {sorted(_RESAMPLE_FILTERS)}, got {resample!r}")
+    crop = _checked_size(settings, "crop_size", ()) if getattr(settings, "do_center_crop", False) else None
+    output = crop or resized
+    if output is None or "shortest_edge" in output or output["height"] != output["width"]:
         raise ValueError(
             "ImageTransform needs an image processor that outputs square images (a square crop_size with "
             f"do_center_crop, or a square size with do_resize); got {image_processor!r}"
         )
-    return result
+    side = output["height"]
+    if image_size is not None and side != image_size:
+        raise ValueError(
+            f"the preprocessing produces {side}x{side} images but the model's image size is {image_size} "
+            "(crop_size / size in preprocessor_config.json)"
+        )
+    return side
+
+
+def _check_mean_std(settings: Any) -> None:
+    """image_mean and image_std: three finite numbers each, std positive (it divides the pixels)."""
+    for field in ("image_mean", "image_std"):
+        raw = getattr(settings, field, None)
+        try:
+            values = _per_channel(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field} must be 3 numbers (one per channel), got {raw!r}") from None
+        if len(values) != 3 or not all(np.isfinite(values)):
+            raise ValueError(f"{field} must be 3 finite numbers (one per channel), got {raw!r}")
+        if field == "image_std" and not all(v > 0 for v in values):
+            raise ValueError(f"image_std must be positive in every channel (it divides the pixels), got {raw!r}")
+
+
+def _checked_size(settings: Any, field: str, single_keys: tuple[str, ...]) -> dict[str, int]:
+    """A ``size``/``crop_size`` setting as a plain dict, each side checked to be an int in 1..MAX_PREPROCESS_SIDE."""
+    raw = getattr(settings, field, None)
+    found = {key: raw.get(key) for key in ("height", "width", *single_keys)} if hasattr(raw, "get") else {}
+    found = {key: value for key, value in found.items() if value is not None}
+    if not (set(found) == {"height", "width"} or (len(found) == 1 and set(found) <= set(single_keys))):
+        expected = " or ".join([*single_keys, "height and width"])
+        raise ValueError(f"{field} must give {expected}, got {raw!r}")
+    for key, value in found.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= MAX_PREPROCESS_SIDE:
+            raise ValueError(f"{field}[{key!r}] must be an integer from 1 to {MAX_PREPROCESS_SIDE}, got {value!r}")
+    return {key: int(value) for key, value in found.items()}

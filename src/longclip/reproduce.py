@@ -5,8 +5,9 @@
 2. Pre-train a small CLIP from scratch at 77 tokens on the short captions (one-sentence summaries), as CLIP's own
    pre-training sees mostly short text. It is saved (``OUTPUT/clip77``) and reused by later runs.
 3. Fine-tune three variants on the long captions: linear stretching; knowledge-preserving stretching (KPS);
-   KPS plus primary component matching (Long-CLIP).
-4. Compare all four on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
+   KPS plus primary component matching (Long-CLIP). And TULIP's two stages on the same data, each as long as one
+   Long-CLIP fine-tune: distil the pre-trained CLIP's text embeddings into a rotary student, then fine-tune it.
+4. Compare all five on the test set: long-caption retrieval R@1 in both directions, short-caption R@1 (each image
    against every distinct summary), zero-shot classification of the dominant colour, and the effective-length
    curve. Results go to ``results.json``, ``results.md`` and ``effective_length*.png``.
 
@@ -61,12 +62,22 @@ SCALES = {
     ),
 }  # fmt: skip
 
-# name, fine-tuning settings (None: the pre-trained 77-token CLIP itself)
-VARIANTS: tuple[tuple[str, str, dict | None], ...] = (
+PRETRAINED = "{pretrained}"  # in a stage's settings: the path of the pre-trained CLIP (e.g. a teacher)
+
+# name, description, training stages run in turn on the fine-tuning split, each starting from the previous one's
+# model: (method, settings; common TrainConfig settings such as lr and the method's own options together).
+# None: the pre-trained 77-token CLIP itself.
+Stage = tuple[str, dict]
+VARIANTS: tuple[tuple[str, str, tuple[Stage, ...] | None], ...] = (
     ("clip77", "CLIP, 77 tokens (pre-trained)", None),
-    ("linear", "linear stretch + fine-tune", {"stretch": "linear", "short_loss_weight": 0.0}),
-    ("kps", "KPS + fine-tune", {"stretch": "kps", "short_loss_weight": 0.0}),
-    ("longclip", "KPS + PCM (Long-CLIP)", {"stretch": "kps", "short_loss_weight": 1.0}),
+    ("linear", "linear stretch + fine-tune", (("longclip", {"stretch": "linear", "short_loss_weight": 0.0}),)),
+    ("kps", "KPS + fine-tune", (("longclip", {"stretch": "kps", "short_loss_weight": 0.0}),)),
+    ("longclip", "KPS + PCM (Long-CLIP)", (("longclip", {"stretch": "kps", "short_loss_weight": 1.0}),)),
+    (
+        "tulip",
+        "rotary distill + fine-tune (TULIP)",
+        (("tulip-distill", {"teacher": PRETRAINED, "lr": 5e-4}), ("tulip-finetune", {})),
+    ),
 )
 # Prompts for the dominant colour, phrased like the summaries ("..., red being the most common colour.").
 ATTRIBUTE_TEMPLATES = ("a picture of shapes, {} being the most common colour.", "{} being the most common colour.")
@@ -108,14 +119,18 @@ def prepare_data(directory: Path, scale: Scale, seed: int) -> dict[str, Path]:
 
 
 def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, device: str | None) -> Path:
-    """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings."""
+    """Pre-train the small CLIP at 77 tokens on short captions, or reuse the one saved with the same settings.
+
+    The from-scratch model is written out first (``pretrain-run/init``) and trained with ``longclip train``'s plain
+    CLIP method on the short captions, as a user would run it.
+    """
+    import shutil
+
     from transformers import CLIPModel
 
-    from .data import CaptionedImage, read_pairs
     from .models import LongCLIPModel
-    from .train import LongCLIPObjective, TrainConfig, fit
-    from .train.distributed import setup_distributed
-    from .train.trainer import pair_batches
+    from .train import TrainConfig, train
+    from .train.tasks import CLIPOptions
 
     settings = {"scale": asdict(scale), "seed": seed}
     stamp = directory / "reproduce.json"
@@ -123,36 +138,49 @@ def pretrain(directory: Path, data: dict[str, Path], scale: Scale, seed: int, de
         logger.info("reusing the pre-trained CLIP in %s", directory)
         return directory
 
+    run = directory.parent / "pretrain-run"
     torch.manual_seed(seed)
-    model = LongCLIPModel(CLIPModel(small_clip_config(scale)))
-    context = setup_distributed(device)
-    model.to(context.device)
-    config = TrainConfig(
-        model="(from scratch)", data=str(data["pretrain"]), output=str(directory.parent / "pretrain-run"),
-        epochs=scale.pretrain_epochs, batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1,
-        warmup_steps=20, label_smoothing=0.0, short_loss_weight=0.0, num_workers=0, seed=seed, save_every=10**9,
-        keep_checkpoints=1, device=device,
+    LongCLIPModel(CLIPModel(small_clip_config(scale))).save_pretrained(run / "init")
+    config = TrainConfig.for_method(
+        "clip", model=str(run / "init"), data=str(data["pretrain"]), output=str(run), epochs=scale.pretrain_epochs,
+        batch_size=scale.batch_size, lr=scale.pretrain_lr, weight_decay=0.1, warmup_steps=20, num_workers=0,
+        seed=seed, save_every=10**9, keep_checkpoints=1, device=device,
     )  # fmt: skip
     # Pre-training text is the short caption: CLIP's own pre-training sees mostly short alt-text.
-    pairs = [CaptionedImage(p.image, p.short_caption, p.short_caption) for p in read_pairs(data["pretrain"])]
-    batches, steps_per_epoch = pair_batches(pairs, model, config, context)
-    objective = LongCLIPObjective(short_loss_weight=0.0, label_smoothing=0.0)  # plain CLIP loss
-    fit(model, objective, batches, steps_per_epoch, config, context)
-    model.save_pretrained(directory)
+    summary = train(config, CLIPOptions(caption="short", label_smoothing=0.0))
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.move(summary["model"], directory)
     stamp.write_text(json.dumps(settings))
     return directory
 
 
-def finetune(source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, **variant) -> Path:
-    """Fine-tune one variant from the pre-trained CLIP with ``longclip train``'s recipe; returns the model path."""
-    from .train import TrainConfig, train
+def finetune(
+    source: Path, output: Path, data: dict[str, Path], scale: Scale, seed: int, device, stages: tuple[Stage, ...]
+) -> Path:
+    """Train one variant's stages from the pre-trained CLIP with ``longclip train``'s methods; returns the model.
 
-    config = TrainConfig(
-        model=str(source), data=str(data["finetune"]), output=str(output), epochs=scale.finetune_epochs,
-        batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10, num_workers=0, seed=seed,
-        save_every=10**9, keep_checkpoints=1, device=device, **variant,
-    )  # fmt: skip
-    return Path(train(config)["model"])
+    Each stage runs for ``scale.finetune_epochs`` on the fine-tuning split at ``scale.finetune_lr`` unless its
+    settings say otherwise; a variant of several stages writes them to ``output/<method>``.
+    """
+    from dataclasses import fields
+
+    from .train import TrainConfig, get_task, train
+
+    path = source
+    for method, settings in stages:
+        settings = {k: str(source) if v == PRETRAINED else v for k, v in settings.items()}
+        own = {f.name for f in fields(get_task(method).options_class)}
+        common = dict(
+            epochs=scale.finetune_epochs, batch_size=scale.batch_size, lr=scale.finetune_lr, warmup_steps=10,
+            num_workers=0, seed=seed, save_every=10**9, keep_checkpoints=1, device=device,
+        )  # fmt: skip
+        common.update({k: v for k, v in settings.items() if k not in own})
+        run = output if len(stages) == 1 else output / method
+        config = TrainConfig.for_method(method, model=str(path), data=str(data["finetune"]), output=str(run), **common)
+        options = get_task(method).options_class(**{k: v for k, v in settings.items() if k in own})
+        path = Path(train(config, options)["model"])
+    return path
 
 
 def evaluate(model, data: dict[str, Path], scale: Scale) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -210,7 +238,7 @@ def reproduce(
 
     rows, curves = [], {}
     for name, description, variant in VARIANTS:
-        path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, **variant)
+        path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, variant)
         model, _ = load(path, device=device or "cpu", dtype="float32")
         metrics, curve = evaluate(model, data, scale)
         rows.append({"model": name, "description": description, "path": str(path), **metrics})

@@ -6,6 +6,13 @@ transformers' ``CLIPTokenizer`` (Rust ``tokenizers`` backend); in front of it we
 original tokenizer (ftfy, HTML unescaping twice, whitespace collapsing), without which texts such as ``"&amp;"``
 would get other ids than the released models were trained with.
 
+The Rust backend equals the original only on plain ASCII text: it NFC-normalises (the original does not, so an
+entity such as ``"&eacute"`` followed by a combining accent changes), lowercases with Rust's rules (Python's
+``str.lower()`` gives a final sigma ``ς`` and other case mappings of its own) and splits special-token literals
+out before its pattern (the original matches ``"<|endoftext|>"`` only through its regex, after lowercasing). Any
+text that is not ASCII after cleaning, or that holds ``"<|"``, therefore goes through a pure-Python port of the
+original algorithm (:class:`_OriginalBPE`), which is exact and still quick thanks to its word cache.
+
 Padding follows the original code: id 0 after the end-of-text token. The models never look at it, because the text
 tower is causal and pools the end-of-text position. ``LongCLIPTokenizer`` implements ``longclip.text.TextTokenizer``
 (``pad`` / ``batch`` return a ``TextBatch`` with its attention mask); ``tokenize`` and calling the tokenizer keep
@@ -23,6 +30,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 import ftfy
+import regex
 import torch
 
 from .text import TextBatch, pad_ids
@@ -43,9 +51,19 @@ def _byte_symbols() -> list[str]:
     Printable bytes stand for themselves and come first; whitespace and control bytes get characters from 256 up, so
     BPE never sees them raw. The order matters: it fixes the ids of the first 512 vocabulary entries.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = _printable_bytes()
     others = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def _printable_bytes() -> list[int]:
+    return [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+
+
+def _byte_order() -> list[int]:
+    """The byte values in the order of :func:`_byte_symbols`: printable bytes first, then the others."""
+    printable = _printable_bytes()
+    return printable + [b for b in range(256) if b not in printable]
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,6 +83,62 @@ def clean_text(text: str) -> str:
     """OpenAI CLIP's text cleaning: repair mojibake, unescape HTML (twice, as the original does), collapse spaces."""
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return re.sub(r"\s+", " ", text).strip()
+
+
+# OpenAI CLIP's pre-tokenizer pattern, applied (with IGNORECASE) to lowercased text by the original tokenizer.
+_SPLIT_PATTERN = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+
+
+class _OriginalBPE:
+    """OpenAI CLIP's tokenization of cleaned text in Python: lowercase, split, byte symbols, lowest-rank merges."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+        self.vocab = vocab
+        self.ranks = {merge: i for i, merge in enumerate(merges)}
+        self.byte_symbol = dict(zip(_byte_order(), _byte_symbols(), strict=True))
+        self.cache: dict[str, list[int]] = {SOT_TOKEN: [SOT_ID], EOT_TOKEN: [EOT_ID]}
+
+    def encode(self, cleaned: str) -> list[int]:
+        """Ids of a text already passed through :func:`clean_text`, start and end tokens included."""
+        ids = [SOT_ID]
+        for word in _SPLIT_PATTERN.findall(cleaned.lower()):
+            ids.extend(self._word_ids(word))
+        ids.append(EOT_ID)
+        return ids
+
+    def _word_ids(self, word: str) -> list[int]:
+        cached = self.cache.get(word)
+        if cached is not None:
+            return cached
+        symbols = [self.byte_symbol[b] for b in word.encode("utf-8")]
+        symbols[-1] += "</w>"
+        while len(symbols) > 1:
+            pairs = zip(symbols, symbols[1:], strict=False)
+            best = min(pairs, key=lambda pair: self.ranks.get(pair, _NUM_MERGES))
+            if best not in self.ranks:
+                break
+            merged: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        ids = [self.vocab[s] for s in symbols]
+        if len(self.cache) < 100_000:  # bounded: hostile input must not grow the cache without limit
+            self.cache[word] = ids
+        return ids
+
+
+def _needs_original_path(cleaned: str) -> bool:
+    """Whether the Rust backend could tokenize this cleaned text differently from the original (see module doc)."""
+    return not cleaned.isascii() or "<|" in cleaned
 
 
 class LongCLIPTokenizer:
@@ -87,11 +161,23 @@ class LongCLIPTokenizer:
         self.context_length = context_length
         self.hf_tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
         self._backend = self.hf_tokenizer.backend_tokenizer
+        self._original = _OriginalBPE(vocab, merges)
 
     def encode(self, texts: str | Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, start and end tokens included, never truncated."""
-        texts = _as_list(texts)
-        return [e.ids for e in self._backend.encode_batch([clean_text(t) for t in texts])]
+        """Token ids of each text, start and end tokens included, never truncated.
+
+        The ids equal OpenAI CLIP's original tokenizer's on any text: plain ASCII goes through the fast Rust
+        backend, anything else through a Python port of the original algorithm (see the module docstring).
+        """
+        cleaned = [clean_text(t) for t in _as_list(texts)]
+        result: list[list[int]] = [[] for _ in cleaned]
+        fast = [i for i, text in enumerate(cleaned) if not _needs_original_path(text)]
+        for i, encoding in zip(fast, self._backend.encode_batch([cleaned[i] for i in fast]), strict=True):
+            result[i] = encoding.ids
+        for i, text in enumerate(cleaned):
+            if _needs_original_path(text):
+                result[i] = self._original.encode(text)
+        return result
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Number of tokens of each text, start and end tokens included."""

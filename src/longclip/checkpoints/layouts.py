@@ -112,3 +112,9 @@ def convert_openai(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, StateD
 # hold these key layouts; the container is read by reading.read_state_dict whatever it is.
 register_layout(Layout("longclip-pt", "clip", _is_released_longclip, convert_openai))
 register_layout(Layout("openai", "clip", _is_openai, convert_openai))
+
+# --- the TULIP family's layouts ---------------------------------------------------------------------------------
+
+from .tulip import convert_tulip_open_clip, is_tulip_open_clip  # noqa: E402
+
+register_layout(Layout("tulip-open_clip", "tulip", is_tulip_open_clip, convert_tulip_open_clip))

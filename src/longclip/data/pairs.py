@@ -11,6 +11,7 @@ and :class:`CaptionCollator` drops them and counts them in ``num_bad``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from longclip.data.captions import first_sentence
 from longclip.images import ImageLoadError
-from longclip.tokenizer import LongCLIPTokenizer, pad_token_ids
+from longclip.text import TextTokenizer
 
 __all__ = [
     "CaptionCollator",
@@ -79,15 +80,18 @@ def read_sharegpt4v(json_path: PathLike, image_root: PathLike) -> list[Captioned
 
     Raises:
         FileNotFoundError: ``json_path`` does not exist.
-        ValueError: The file is not a json list, or a record lacks an image path or a non-empty caption (the
-            message names the record index and what is missing).
+        ValueError: The file is not UTF-8 or not json (or nested too deeply to parse), is not a json list, or a
+            record lacks an image path or a non-empty caption (the message names the record index and what is
+            missing).
     """
     json_path = Path(json_path)
-    with json_path.open(encoding="utf-8") as handle:
-        try:
-            records = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{json_path} is not valid json: {exc}") from exc
+    text = _read_text(json_path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{json_path} is not valid json: {exc}") from exc
+    except RecursionError as exc:  # json's parser recurses once per nesting level: [[[[...]]]] exhausts the stack
+        raise ValueError(f"{json_path}: json nested too deeply to read (a ShareGPT4V file is a flat list)") from exc
     if not isinstance(records, list):
         raise ValueError(f"{json_path}: expected a json list of ShareGPT4V records, got {type(records).__name__}")
 
@@ -137,43 +141,81 @@ def read_caption_table(path: PathLike, image_root: PathLike | None = None) -> li
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: A required column is missing (the message names the file, the column and the columns found), or
-            a row is too short or has an empty image or caption cell (the message names the line).
+        PermissionError: ``path`` cannot be read.
+        ValueError: The file is not UTF-8; a required column is missing (the message names the file, the column and
+            the columns found); a row has more or fewer fields than the header (an unquoted delimiter), an unclosed
+            or stray quote, a field over csv's size limit, or an empty image or caption cell (the message names the
+            file and the line).
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    # utf-8-sig so that a byte-order mark (Excel writes one) does not become part of the first column's name.
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        delimiter = _TABLE_DELIMITERS.get(path.suffix.lower()) or _sniff_delimiter(handle, path)
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in ("image", "caption") if name not in header]
-        if missing:
-            raise ValueError(
-                f"{path}: missing required column {missing[0]!r} (required: 'image', 'caption'; "
-                f"optional: 'short_caption'); columns found: {header}"
-            )
-        image_col, caption_col = header.index("image"), header.index("caption")
-        short_col = header.index("short_caption") if "short_caption" in header else None
-        needed = max(image_col, caption_col, short_col if short_col is not None else 0) + 1
+    # A byte-order mark (Excel writes one) must not become part of the first column's name.
+    handle = io.StringIO(_read_text(path).removeprefix("\ufeff"), newline="")
+    delimiter = _TABLE_DELIMITERS.get(path.suffix.lower()) or _sniff_delimiter(handle, path)
+    # strict: a stray quote is an error rather than a quietly different row (an unclosed quote would otherwise
+    # swallow every following row into one caption).
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
+    header = [name.strip() for name in _next_row(reader, path) or []]
+    missing = [name for name in ("image", "caption") if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: missing required column {missing[0]!r} (required: 'image', 'caption'; "
+            f"optional: 'short_caption'); columns found: {header}"
+        )
+    image_col, caption_col = header.index("image"), header.index("caption")
+    short_col = header.index("short_caption") if "short_caption" in header else None
 
-        pairs = []
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            # line_num is the physical line the row ended on, which is what an editor shows.
-            where = f"{path}, line {reader.line_num}"
-            if len(row) < needed:
-                raise ValueError(f"{where}: expected at least {needed} fields, got {len(row)}: {row}")
-            image, caption = row[image_col].strip(), row[caption_col].strip()
-            if not image:
-                raise ValueError(f"{where}: empty 'image' cell")
-            if not caption:
-                raise ValueError(f"{where}: empty 'caption' cell")
-            short = row[short_col].strip() if short_col is not None else ""
-            pairs.append(CaptionedImage(str(root / image), caption, short or first_sentence(caption)))
+    pairs = []
+    while (row := _next_row(reader, path)) is not None:
+        if not any(cell.strip() for cell in row):
+            continue
+        # line_num is the physical line the row ended on, which is what an editor shows.
+        where = f"{path}, line {reader.line_num}"
+        if len(row) != len(header):
+            # Every row must have the header's fields: one more means an unquoted delimiter inside a caption,
+            # which would otherwise shift the columns silently.
+            hint = "; quote fields that contain the delimiter" if len(row) > len(header) else ""
+            raise ValueError(f"{where}: {len(row)} fields, but the header has {len(header)} {header}{hint}: {row}")
+        image, caption = row[image_col].strip(), row[caption_col].strip()
+        if not image:
+            raise ValueError(f"{where}: empty 'image' cell")
+        if not caption:
+            raise ValueError(f"{where}: empty 'caption' cell")
+        short = row[short_col].strip() if short_col is not None else ""
+        pairs.append(CaptionedImage(str(root / image), caption, short or first_sentence(caption)))
     logger.info("read %d pairs from %s", len(pairs), path)
     return pairs
+
+
+def _next_row(reader: Any, path: Path) -> list[str] | None:
+    """The next row of a csv reader, or None at the end; csv's errors become a ValueError naming file and line."""
+    start = reader.line_num + 1
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        text = str(exc)
+        if "field larger than field limit" in text:
+            hint = f"a field longer than {csv.field_size_limit():,} characters, usually an unclosed quote"
+        elif "unexpected end of data" in text:
+            hint = "a quote opened here is never closed"
+        else:
+            hint = "a stray quote inside an unquoted field, or text after a closing quote"
+        raise ValueError(f"{path}, line {start}: malformed row ({hint}; csv says: {text})") from exc
+
+
+def _read_text(path: Path) -> str:
+    """A caption file's text as UTF-8, with decoding errors that name the file, the line and the byte."""
+    raw = path.read_bytes()  # FileNotFoundError / PermissionError / IsADirectoryError name the path themselves
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}: {exc.reason}); "
+            "re-save the file as UTF-8"
+        ) from exc
 
 
 def _sniff_delimiter(handle: Any, path: Path) -> str:
@@ -276,20 +318,21 @@ class PairDataset(Dataset):
 class CaptionCollator:
     """Batch :class:`PairDataset` (or :func:`~longclip.data.webdataset_pairs`) items: drop bad ones, tokenize.
 
-    The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids": LongTensor[B, L1], "short_ids":
-    LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}``, where ``B`` is the number of good items and
-    ``num_bad`` the number of ``None`` items dropped. Captions longer than the tokenizer's context are truncated (the
-    end token kept last), and each id tensor is only as wide as the batch's longest caption, so a batch of short
-    captions is not padded to 248 columns; the causal text tower pools the end token, so padding changes nothing.
+    The result is ``{"pixels": FloatTensor[B, 3, H, W], "long_ids" / "long_mask": LongTensor[B, L1], "short_ids" /
+    "short_mask": LongTensor[B, L2], "indices": LongTensor[B], "num_bad": int}`` (ids padded with the tokenizer's
+    ``pad_id``, masks 1 on real tokens), where ``B`` is the number of good items and
+    ``num_bad`` the number of ``None`` items dropped. Captions longer than the tokenizer's context are cut by the
+    tokenizer (CLIP's keeps the end token last), and each id tensor is only as wide as the batch's longest caption,
+    so a batch of short captions is not padded to 248 columns.
     When every item is ``None``, ``pixels`` is ``torch.empty(0)`` (the image size is unknown), the id tensors have
     shape ``[0, 0]``, ``indices`` shape ``[0]`` and ``num_bad`` is ``len(items)``.
     """
 
-    def __init__(self, tokenizer: LongCLIPTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer) -> None:
         """Use ``tokenizer`` (and its context length) for both captions.
 
         Args:
-            tokenizer: The tokenizer, e.g. ``LongCLIPTokenizer(248)``.
+            tokenizer: The model's tokenizer (any ``longclip.text.TextTokenizer``), e.g. ``LongCLIPTokenizer(248)``.
         """
         self.tokenizer = tokenizer
 
@@ -302,21 +345,26 @@ class CaptionCollator:
             return {
                 "pixels": torch.empty(0),
                 "long_ids": empty_ids,
+                "long_mask": empty_ids.clone(),
                 "short_ids": empty_ids.clone(),
+                "short_mask": empty_ids.clone(),
                 "indices": torch.empty(0, dtype=torch.long),
                 "num_bad": num_bad,
             }
+        long_ids, long_mask = self._tokenize([item["caption"] for item in good])
+        short_ids, short_mask = self._tokenize([item["short_caption"] for item in good])
         return {
             "pixels": torch.stack([item["pixels"] for item in good]),
-            "long_ids": self._tokenize([item["caption"] for item in good]),
-            "short_ids": self._tokenize([item["short_caption"] for item in good]),
+            "long_ids": long_ids,
+            "long_mask": long_mask,
+            "short_ids": short_ids,
+            "short_mask": short_mask,
             "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
             "num_bad": num_bad,
         }
 
-    def _tokenize(self, texts: list[str]) -> torch.Tensor:
-        # Only as wide as the batch's longest caption (capped at the context, end token kept last): the causal text
-        # tower pools the end token, so padding past it would change nothing but cost memory and transfer.
-        ids = self.tokenizer.encode(texts)
-        width = min(max(len(row) for row in ids), self.tokenizer.context_length)
-        return pad_token_ids(ids, width, truncate=True)
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Only as wide as the batch's longest caption (capped at the context, cut with the tokenizer's own rule):
+        # padding past it would change nothing but cost memory and transfer.
+        batch = self.tokenizer.batch(texts, truncate=True)
+        return batch.input_ids, batch.attention_mask

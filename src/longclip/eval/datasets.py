@@ -42,7 +42,9 @@ Where each layout and protocol comes from:
 * ``cifar10`` / ``cifar100``: the "python version" releases (``cifar-10-batches-py/test_batch`` +
   ``batches.meta``, ``cifar-100-python/test`` + ``meta``), read as torchvision's ``CIFAR10`` / ``CIFAR100`` do
   (``encoding="latin1"``, rows of 3,072 bytes in channel-major order), but through an unpickler that accepts only
-  the numpy globals those files use.
+  the numpy globals those files use and that bounds every size the file declares. Class names are kept as the
+  files spell them (CIFAR-100's ``aquarium_fish``), as the original evaluation uses them; ``clean_class_names=True``
+  reads ``_`` as a space.
 * ``folder``: any folder with one subfolder per class (class names are folder names with ``_`` read as spaces).
 
 A missing or malformed copy raises one ``FileNotFoundError`` / ``ValueError`` naming the data set, the root, what is
@@ -52,10 +54,13 @@ with ``skip_errors=True`` and leaves them (and, for retrieval, their texts) out,
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import os
 import pickle
+import pickletools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -346,8 +351,24 @@ def _load_urban1k(root: _Root) -> RetrievalSet:
             raise root.malformed(f"caption/{file.name} is empty or starts with an empty line")
         texts.append(lines[0].strip())  # Long-CLIP's Urban1k.py: f.readlines()[0]
         images.append(str(image_dir / f"{file.stem}.jpg"))
+    _warn_uncaptioned(root, image_dir, {Path(image).name for image in images})
     protocol = f"Urban-1k: {len(images):,} images, one long caption each (first line of caption/N.txt), as Long-CLIP"
     return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))))
+
+
+def _warn_uncaptioned(root: _Root, image_dir: Path, listed: set[str]) -> None:
+    """Warn about image files that no caption refers to: they are not evaluated, which a user should know."""
+    extra = sorted(
+        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in listed
+    )
+    if extra:
+        logger.warning(
+            "%s: %d image file(s) in %s have no caption and are not evaluated (first: %s)",
+            root.name,
+            len(extra),
+            image_dir,
+            extra[0],
+        )
 
 
 def _natural_key(path: Path) -> tuple[Any, ...]:
@@ -524,16 +545,39 @@ def _load_folder(root: _Root) -> ClassificationSet:
     return ClassificationSet(root.name, images, labels, names, protocol)
 
 
+_MAX_RECONSTRUCT_ELEMENTS = 1024  # numpy pickles rebuild an array as _reconstruct(ndarray, (0,), b"b") + setstate
+
+
+def _bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct``, refusing the huge empty arrays a forged pickle declares to exhaust memory.
+
+    numpy always writes ``(0,)`` here and restores the real shape from bytes the pickle holds, so a larger shape can
+    only come from a forged file.
+    """
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if (
+        not all(isinstance(d, int) and 0 <= d for d in dims)
+        or int(np.prod(dims, dtype=object)) > _MAX_RECONSTRUCT_ELEMENTS
+    ):
+        raise pickle.UnpicklingError(f"refusing a numpy array of declared shape {shape!r} (a forged pickle)")
+    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+
+
+_NUMPY_RECONSTRUCT = np.empty(0).__reduce__()[0]
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays, and refuses every other global.
 
     The CIFAR pickles need exactly these globals to rebuild their ``data`` arrays; anything else (``os.system``,
-    ``builtins.eval``, ...) would be a pickle that runs code, and is refused before it is resolved.
+    ``builtins.eval``, ...) would be a pickle that runs code, and is refused before it is resolved. Sizes are
+    bounded too: :func:`_read_cifar_pickle` checks every length the opcodes declare against the file before
+    unpickling, and ``_reconstruct`` refuses declared shapes numpy never writes.
     """
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
+        ("numpy.core.multiarray", "_reconstruct"): _bounded_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _bounded_reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
@@ -549,10 +593,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _read_cifar_pickle(root: _Root, path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            data = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
+        raw = path.read_bytes()
+        # pickletools reads each declared length from the bytes at hand, so a header claiming terabytes fails here
+        # as "expected N bytes" instead of making the unpickler allocate them (MemoryError).
+        for _ in pickletools.genops(raw):
+            pass
+        data = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise root.malformed(f"{path.name} cannot be read as a CIFAR pickle ({e})") from e
+    except (MemoryError, RecursionError) as e:  # a last resort: whatever slipped past the checks above
+        raise root.malformed(f"{path.name} cannot be read as a CIFAR pickle ({type(e).__name__})") from e
     if not isinstance(data, dict):
         raise root.malformed(f"{path.name} holds a {type(data).__name__}, expected a dict")
     # Python 2 pickles read with encoding="latin1" have str keys; re-saved ones may have bytes keys.
@@ -566,7 +616,9 @@ def _load_cifar(root: _Root, folder: str, test: str, meta: str, labels_key: str,
     names = metadata.get(names_key)
     if not isinstance(names, list) or not names:
         raise root.malformed(f"{meta} has no list {names_key!r}")
-    names = [(n.decode("latin1") if isinstance(n, bytes) else str(n)).replace("_", " ") for n in names]
+    # Kept as the file spells them ("aquarium_fish"), as torchvision's ``classes`` and so the original evaluation
+    # give them to the prompt templates; load_dataset(clean_class_names=True) reads "_" as a space.
+    names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
     pixels, labels = batch.get("data"), batch.get(labels_key)
     row = 3 * CIFAR_SIDE * CIFAR_SIDE
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != row:
@@ -657,12 +709,15 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_dataset(name: str, root: PathLike) -> Dataset:
+def load_dataset(name: str, root: PathLike, *, clean_class_names: bool = False) -> Dataset:
     """Read the registered data set ``name`` from its local copy at ``root``.
 
     Args:
         name: A key of :data:`DATASETS` (``"coco"``, ``"urban1k"``, ``"cifar10"``, ...).
         root: The folder holding the data set in its published layout (``DATASETS[name].layout``).
+        clean_class_names: Read ``_`` in class names as a space (CIFAR-100's ``"aquarium_fish"`` becomes
+            ``"aquarium fish"``). Off by default: the original Long-CLIP evaluation, through torchvision, puts the
+            names into the prompts as the files spell them, so the papers' numbers use the underscored names.
 
     Returns:
         A :class:`RetrievalSet` or :class:`ClassificationSet`.
@@ -680,6 +735,8 @@ def load_dataset(name: str, root: PathLike) -> Dataset:
     if not path.is_dir():
         raise context.missing(f"{path} is not a directory")
     dataset = spec.loader(context)
+    if clean_class_names and isinstance(dataset, ClassificationSet):
+        dataset = dataclasses.replace(dataset, class_names=[n.replace("_", " ") for n in dataset.class_names])
     if isinstance(dataset, RetrievalSet):
         _check_image_files(context, dataset.images)
     logger.info("%s: %s", name, dataset.protocol)

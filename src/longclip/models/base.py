@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batching import DEFAULT_TOKEN_BUDGET, plan_batches
 from ..errors import CheckpointError
 from ..images import ImageLoadError, ImageTransform
+from ..precision import resolve_dtype  # noqa: F401  (re-exported: longclip.models.resolve_dtype)
 from ..text import TextBatch, TextTokenizer
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LongTextMode = Literal["truncate", "chunk", "error"]
-DTypeName = Literal["float32", "float16", "bfloat16"]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 _PROGRESS_MIN_BATCHES = 8  # below this a progress bar is noise
 
 
@@ -76,6 +78,10 @@ class DualEncoder(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write safetensors weights, ``config.json`` and tokenizer / preprocessor files that ``longclip.load``
         reads back."""
+        raise NotImplementedError
+
+    def towers(self) -> dict[str, list[nn.Module]]:
+        """The modules of each tower, ``{"vision": [...], "text": [...]}`` (projections included), for freezing."""
         raise NotImplementedError
 
     @property
@@ -132,15 +138,16 @@ class DualEncoder(nn.Module):
         normalize: bool = True,
         long_texts: LongTextMode = "truncate",
         progress: bool | None = None,
+        token_budget: int | None = DEFAULT_TOKEN_BUDGET,
     ) -> torch.Tensor:
         """Embed texts of any length, returning ``[len(texts), dim]`` float32 features in input order.
 
-        Texts are sorted by token count and batched with their neighbours, so short texts are never padded to the
-        longest one in the input (the result equals embedding each text alone).
+        Texts are sorted by token count and batched with their neighbours (``longclip.batching.plan_batches``), so
+        short texts are never padded to the long ones (the result equals embedding each text alone).
 
         Args:
             texts: The texts.
-            batch_size: Texts per forward pass.
+            batch_size: At most this many texts per forward pass.
             normalize: L2-normalize the features.
             long_texts: What to do with a text longer than the context: ``"truncate"`` cuts it with the
                 tokenizer's ``truncate`` (CLIP's keeps the end token last, as Long-CLIP does); ``"chunk"`` splits it
@@ -148,6 +155,8 @@ class DualEncoder(nn.Module):
                 renormalized mean of the L2-normalized piece embeddings (so it needs ``normalize=True``);
                 ``"error"`` raises ``ValueError`` naming the text.
             progress: Show a progress bar; by default only for inputs of many batches.
+            token_budget: At most this many padded tokens per forward pass (bounds memory; None: only
+                ``batch_size`` bounds a batch).
         """
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a list of texts; wrap a single text in a list")
@@ -157,7 +166,9 @@ class DualEncoder(nn.Module):
             raise ValueError("long_texts='chunk' averages normalized piece embeddings; it needs normalize=True")
         texts = list(texts)
         pieces, owners = self._split_texts(texts, long_texts)
-        features = self.embed_tokens(pieces, batch_size=batch_size, normalize=normalize, progress=progress)
+        features = self.embed_tokens(
+            pieces, batch_size=batch_size, normalize=normalize, progress=progress, token_budget=token_budget
+        )
         if long_texts == "chunk":
             summed = torch.zeros(len(texts), features.shape[1])
             summed.index_add_(0, torch.tensor(owners, dtype=torch.long), features)
@@ -172,20 +183,24 @@ class DualEncoder(nn.Module):
         batch_size: int = 64,
         normalize: bool = True,
         progress: bool | None = None,
+        token_budget: int | None = DEFAULT_TOKEN_BUDGET,
     ) -> torch.Tensor:
         """Embed already tokenized texts (lists of ids, special tokens included, each fitting the context).
 
-        Lists are sorted by length and batched with their neighbours, each batch only as wide as its longest list
-        (padded by the tokenizer, with its attention mask), so no text is computed with more padding than its batch
-        needs. Returns ``[len(token_ids), dim]`` float32 features in input order.
+        Lists are grouped by length (``longclip.batching.plan_batches``: neighbours in length order, at most
+        ``batch_size`` lists and ``token_budget`` padded tokens per batch, cut where padding plus per-batch overhead
+        is least), each batch only as wide as its longest list (padded by the tokenizer, with its attention mask).
+        Returns ``[len(token_ids), dim]`` float32 features in input order.
         """
         limit = self.context_length
         for i, ids in enumerate(token_ids):
             if len(ids) > limit:
                 raise ValueError(f"token list {i} has {len(ids)} ids, more than the context length {limit}")
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]), reverse=True)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        plan = plan_batches([len(ids) for ids in token_ids], batch_size, token_budget)
         features = torch.empty(len(token_ids), self.embed_dim)
-        for batch in self._batches(order, batch_size, progress, "texts"):
+        for batch in self._progress(plan, progress, "texts"):
             text = self.tokenizer.pad([token_ids[i] for i in batch]).to(self.device)
             features[batch] = self.encode_text(text.input_ids, text.attention_mask, normalize=normalize).float().cpu()
         return features
@@ -254,27 +269,16 @@ class DualEncoder(nn.Module):
     def _batches(self, items: list[int], batch_size: int, progress: bool | None, unit: str) -> Iterator[list[int]]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        return self._progress([items[i : i + batch_size] for i in range(0, len(items), batch_size)], progress, unit)
+
+    @staticmethod
+    def _progress(batches: list[list[int]], progress: bool | None, unit: str) -> Iterator[list[int]]:
+        """Yield the batches, with a progress bar counting items when there are many batches (or when asked)."""
         show = len(batches) >= _PROGRESS_MIN_BATCHES if progress is None else progress
-        with tqdm(total=len(items), unit=unit, disable=not show) as bar:
+        with tqdm(total=sum(len(b) for b in batches), unit=unit, disable=not show) as bar:
             for batch in batches:
                 yield batch
                 bar.update(len(batch))
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device) -> torch.dtype:
-    """The weight dtype to load in: ``dtype`` itself, or by default float16 on CUDA and float32 elsewhere.
-
-    Raises:
-        ValueError: ``dtype`` is a name other than float32, float16 or bfloat16.
-    """
-    if dtype is None:
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-        return getattr(torch, dtype)
-    return dtype
 
 
 def check_state_dict(

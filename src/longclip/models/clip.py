@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
+from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from ..atomic import atomic_directory
@@ -106,6 +107,10 @@ class LongCLIPModel(DualEncoder):
         """CLIP's tokenizer at this model's context length (follows the table if it is stretched later)."""
         return get_tokenizer(self.context_length)
 
+    def towers(self) -> dict[str, list[nn.Module]]:
+        clip = self.clip
+        return {"vision": [clip.vision_model, clip.visual_projection], "text": [clip.text_model, clip.text_projection]}
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
@@ -182,7 +187,7 @@ class LongCLIPModel(DualEncoder):
         cls,
         name_or_path: str | os.PathLike,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | DTypeName | None = None,
+        dtype: torch.dtype | DTypeName | None = "auto",
         revision: str | None = None,
     ) -> LongCLIPModel:
         """Load a CLIP-family checkpoint, as ``longclip.load`` does (kept for compatibility).
@@ -190,7 +195,7 @@ class LongCLIPModel(DualEncoder):
         Args:
             name_or_path: File, directory or hub id (``BeichenZhang/LongCLIP-B``, ``openai/clip-vit-base-patch16``).
             device: Where to put the model.
-            dtype: Weight dtype; by default float32 on the CPU and float16 on CUDA, as OpenAI's ``clip.load``.
+            dtype: Weight dtype; ``"auto"`` (the default) as ``longclip.load``.
             revision: Hub revision, for hub ids.
 
         Raises:

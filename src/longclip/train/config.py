@@ -1,9 +1,10 @@
-"""Every training option in one place, with the Long-CLIP paper's defaults.
+"""The training settings every method shares, with the Long-CLIP paper's defaults.
 
-``longclip train`` builds its command-line options from these fields (their ``help`` metadata), so a default is
-written once. The defaults are Long-CLIP's fine-tuning settings: AdamW (betas 0.9/0.999, eps 1e-8, weight decay
-0.01), learning rate 1e-6 after 200 warm-up steps then cosine decay, 6 epochs, 20 kept positions, 32 principal
-components, label smoothing 0.1.
+Each method's own settings live in its task's options dataclass (``longclip.train.tasks``); a method may also give
+other defaults for these common ones (``Task.defaults``, applied by ``TrainConfig.for_method`` and the CLI).
+``longclip train`` builds its command-line options from both (their ``help`` metadata), so a default is written
+once. These defaults are Long-CLIP's fine-tuning settings: AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01),
+learning rate 1e-6 after 200 warm-up steps then cosine decay, 6 epochs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ def _opt(default, help: str, **extra):
 
 @dataclass
 class TrainConfig:
-    model: str = _opt(None, "model to fine-tune: any CLIP longclip.load_from_clip accepts, or a Long-CLIP checkpoint")
+    model: str = _opt(None, "model to train: a file, directory or hub id longclip.load reads (the method adapts it)")
     data: str = _opt(None, "ShareGPT4V .json, .csv/.tsv table (image, caption[, short_caption]) or webdataset urls")
     output: str = _opt(None, "run directory: checkpoints, metrics.jsonl, final model")
+    method: str = _opt("longclip", "training method (longclip train --method NAME --help lists its own options)")
     image_root: str | None = _opt(None, "folder that relative image paths in --data are resolved against")
 
     epochs: int = _opt(6, "passes over the training data")
@@ -35,16 +37,6 @@ class TrainConfig:
     seed: int = _opt(0, "seed for data order and initialisation")
     precision: Literal["fp32", "bf16", "fp16"] = _opt("fp32", "autocast precision", choices=["fp32", "bf16", "fp16"])
 
-    keep_positions: int = _opt(20, "leading text positions kept frozen (knowledge-preserving stretching)")
-    stretch: Literal["kps", "linear"] = _opt(
-        "kps", "how a 77-token CLIP is stretched to 248 positions", choices=["kps", "linear"]
-    )
-    pca_components: int = _opt(32, "principal components of the image features matched with short captions")
-    short_loss_weight: float = _opt(1.0, "weight of the short-caption (coarse-grained) loss; 0 disables it")
-    label_smoothing: float = _opt(0.1, "label smoothing of the contrastive cross-entropies")
-    freeze_vision: bool = _opt(False, "train only the text tower")
-    freeze_text: bool = _opt(False, "train only the image tower")
-
     val_rows: int = _opt(0, "hold out the first N rows for validation (ShareGPT4V-1k: 1000)")
     max_bad_fraction: float = _opt(0.01, "fail if more than this share of images cannot be read")
     num_workers: int = _opt(2, "data-loading worker processes per rank")
@@ -53,7 +45,6 @@ class TrainConfig:
     save_every: int = _opt(500, "write a training checkpoint every N steps")
     keep_checkpoints: int = _opt(3, "training checkpoints to keep")
     resume: str | None = _opt(None, "'auto' (newest checkpoint in --output) or a checkpoint directory")
-    save_pt: bool = _opt(False, "also write the final model in the released Long-CLIP .pt format")
     max_steps: int | None = _opt(None, "length of the run in steps (default: epochs x steps per epoch)")
     stop_after_steps: int | None = _opt(
         None, "end this run after N steps with a checkpoint; the schedule still spans the whole run (for --resume)"
@@ -68,12 +59,23 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} is required")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.freeze_vision and self.freeze_text:
-            raise ValueError("freezing both towers leaves nothing to train")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be between 0 and 1, got {self.max_bad_fraction}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("batch_size", "epochs", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "stop_after_steps", "samples_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset), got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+
+    @classmethod
+    def for_method(cls, method: str = "longclip", **settings) -> TrainConfig:
+        """A config with ``method``'s own defaults for common settings (its ``Task.defaults``), then ``settings``."""
+        from .tasks import get_task
+
+        return cls(method=method, **{**get_task(method).defaults, **settings})
 
     @classmethod
     def options(cls):

@@ -7,7 +7,7 @@ rows live in a buffer (no gradient, no weight decay, no optimizer state) so they
 
 from __future__ import annotations
 
-from transformers import CLIPModel
+from ..models import DualEncoder
 
 # The position-row pieces live with the rest of Long-CLIP's position logic; imported here for existing callers.
 from ..positions import PartlyFrozenEmbedding, freeze_position_rows, merge_position_rows
@@ -15,13 +15,10 @@ from ..positions import PartlyFrozenEmbedding, freeze_position_rows, merge_posit
 __all__ = ["PartlyFrozenEmbedding", "freeze_position_rows", "freeze_tower", "merge_position_rows"]
 
 
-def freeze_tower(clip: CLIPModel, tower: str) -> None:
-    """Stop gradients to a whole tower: ``"vision"`` (encoder and projection) or ``"text"``."""
-    modules = {
-        "vision": (clip.vision_model, clip.visual_projection),
-        "text": (clip.text_model, clip.text_projection),
-    }
-    if tower not in modules:
-        raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
-    for module in modules[tower]:
+def freeze_tower(model: DualEncoder, tower: str) -> None:
+    """Stop gradients to a whole tower of any model family: ``"vision"`` or ``"text"`` (``model.towers()``)."""
+    towers = model.towers()
+    if tower not in towers:
+        raise ValueError(f"tower must be one of {', '.join(sorted(towers))}, got {tower!r}")
+    for module in towers[tower]:
         module.requires_grad_(False)

@@ -1,10 +1,9 @@
-"""The training loop, and the Long-CLIP recipe that drives it.
+"""The one training loop (``fit``) and the entry that runs a method on a data set (``train``).
 
-``fit`` is method-agnostic: it takes a ``DualEncoder``, an objective (features -> loss) and batches of
-``{"pixels", "long_ids", "short_ids"}``, and handles devices, DDP, mixed precision, the warm-up + cosine schedule,
-skipping non-finite steps, checkpoints and resume, logging and validation. ``train`` is Long-CLIP's recipe on top:
-stretch a CLIP (or continue a Long-CLIP), freeze the kept position rows, read the data, match with primary
-components.
+``fit`` knows only that a task (``longclip.train.tasks.Task``) turns a batch dict into a ``LossOutput``; it handles
+devices, DDP (wrapping the task), mixed precision, the warm-up + cosine schedule, skipping non-finite steps,
+checkpoints and resume, logging and validation. ``train`` picks the method (``config.method``), lets its task
+prepare the model, reads the data with the task's collator and saves what the task says.
 """
 
 from __future__ import annotations
@@ -30,31 +29,13 @@ from ..models.base import DualEncoder
 from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, setup_distributed, teardown_distributed
-from .losses import LongCLIPObjective, LossOutput
+from .losses import LossOutput
+from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
-MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps its temperature so logits never exceed 100
-
-
 class TrainingError(RuntimeError):
     """The run cannot go on (too many unreadable images, no data...)."""
-
-
-class _FeatureStep(nn.Module):
-    """The forward pass DDP wraps: normalized features of the images and both captions, and the logit scale."""
-
-    def __init__(self, model: DualEncoder):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor, long_ids: torch.Tensor, short_ids: torch.Tensor):
-        return (
-            self.model.encode_image(pixels, normalize=True),
-            self.model.encode_text(long_ids, normalize=True),
-            self.model.encode_text(short_ids, normalize=True),
-            self.model.logit_scale.exp(),
-        )
 
 
 def cosine_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -127,8 +108,7 @@ def _numbers(row: dict) -> dict[str, float]:
 
 
 def fit(
-    model: DualEncoder,
-    objective: Callable[..., LossOutput],
+    task: Task,
     batches: Callable[[int, int], Iterable[dict]],
     steps_per_epoch: int,
     config: TrainConfig,
@@ -139,20 +119,23 @@ def fit(
     """Run (or resume) the training loop; returns a summary dict.
 
     Args:
-        model: The model, already on ``context.device``, with frozen parts already frozen.
-        objective: ``objective(image, long_text, short_text, logit_scale) -> LossOutput`` on this rank's features.
-        batches: ``batches(epoch, first_step)`` yields this rank's collated batches of that epoch from ``first_step``
-            on (so a resumed run continues at the same data position).
+        task: The method's step, holding the model (already on ``context.device``, frozen parts frozen).
+        batches: ``batches(epoch, first_step)`` yields this rank's batches (dicts made by ``task.collate``, with
+            ``indices`` and ``num_bad``) of that epoch from ``first_step`` on (so a resumed run continues at the same
+            data position).
         steps_per_epoch: Optimizer steps per epoch (equal on every rank).
         config: The run's settings.
         context: The distributed context.
-        validate: Called on the main rank after each epoch; returns metrics to log.
+        validate: Called on the main rank after each epoch with the model; returns metrics to log.
         bad_image_paths: Maps dataset indices of unreadable images to their paths, for the report.
     """
+    model = task.model
     output = Path(config.output)
     checkpoints = output / "checkpoints"
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = [p for p in task.parameters() if p.requires_grad]
+    if not parameters:
+        raise TrainingError("nothing to train: every parameter of the model is frozen")
     optimizer = torch.optim.AdamW(
         parameters,
         lr=config.lr,
@@ -164,25 +147,28 @@ def fit(
     scaler = torch.amp.GradScaler(context.device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
 
-    step, progress = 0, {"bad_images": 0, "seen_images": 0, "skipped_steps": 0, "svd_failures": 0, "bad": []}
+    step, progress = 0, {"bad_images": 0, "seen_images": 0, "skipped_steps": 0, "bad": []}
     resume_from = _resume_path(config, checkpoints)
     if resume_from is not None:
         step, progress = load_checkpoint(
             resume_from, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
         )
-        if hasattr(objective, "svd_failures"):
-            objective.svd_failures = progress["svd_failures"]
+        task.load_counters(progress.get("task", {}))
         logger.info("resumed from %s at step %d", resume_from, step)
 
-    step_module = _FeatureStep(model)
+    step_module: nn.Module = task
     if context.enabled:
+        # Frozen parameters (a teacher, frozen towers) are identical on every rank and get no gradient: leave them
+        # out of DDP's broadcast and gradient buckets.
+        task._ddp_params_and_buffers_to_ignore = task.frozen_parameter_names()
         device_ids = [context.device.index] if context.device.type == "cuda" else None
-        step_module = DistributedDataParallel(step_module, device_ids=device_ids)
+        step_module = DistributedDataParallel(task, device_ids=device_ids)
     reporters = _Reporters(output, config, enabled=context.is_main)
     stop_at = total_steps if config.stop_after_steps is None else min(total_steps, step + config.stop_after_steps)
 
     def save() -> None:
         if context.is_main:
+            progress["task"] = task.counters()
             save_checkpoint(
                 checkpoints, step, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 progress=progress, keep_last=config.keep_checkpoints,
@@ -190,18 +176,18 @@ def fit(
         context.barrier()
 
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=not context.is_main, dynamic_ncols=True)
-    model.train()
+    task.train()
     window_start, window_samples = time.perf_counter(), 0
     while step < stop_at:
         epoch, first = divmod(step, steps_per_epoch)
         for batch in itertools.islice(batches(epoch, first), stop_at - step):
             loss_out = _train_step(
-                step_module, objective, optimizer, scheduler, scaler, batch, model, config, context, autocast_dtype
+                step_module, task, optimizer, scheduler, scaler, batch, config, context, autocast_dtype
             )
             step += 1
             bar.update(1)
-            _count_batch(progress, batch, loss_out, objective, context)
-            window_samples += int(batch["pixels"].shape[0]) * context.world_size
+            _count_batch(progress, batch, loss_out, context)
+            window_samples += len(batch["indices"]) * context.world_size
             if step % config.log_every == 0 or step == stop_at:
                 elapsed = time.perf_counter() - window_start
                 row = {
@@ -212,7 +198,8 @@ def fit(
                     "lr": scheduler.get_last_lr()[0],
                     "logit_scale": float(model.logit_scale.detach().exp()),
                     "samples_per_s": window_samples / max(elapsed, 1e-9),
-                    **{k: v for k, v in progress.items() if k != "bad"},
+                    **{k: v for k, v in progress.items() if k not in ("bad", "task")},
+                    **task.counters(),
                 }
                 reporters.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
@@ -222,9 +209,9 @@ def fit(
             if step % steps_per_epoch == 0 or step == total_steps:
                 _check_bad_images(progress, config)
                 if validate is not None and context.is_main:
-                    model.eval()
+                    task.eval()
                     reporters.log({"step": step, **{f"val/{k}": v for k, v in validate(model).items()}})
-                    model.train()
+                    task.train()
                 context.barrier()
             if step >= stop_at:
                 break
@@ -235,7 +222,8 @@ def fit(
         paths = bad_image_paths(progress["bad"]) if bad_image_paths else [str(i) for i in progress["bad"]]
         (output / "bad_images.txt").write_text("\n".join(paths) + "\n")
         logger.warning("%d images could not be read; listed in %s", progress["bad_images"], output / "bad_images.txt")
-    return {"step": step, "total_steps": total_steps, "finished": step >= total_steps, **progress}
+    counters = {k: v for k, v in progress.items() if k != "task"}
+    return {"step": step, "total_steps": total_steps, "finished": step >= total_steps, **counters, **task.counters()}
 
 
 def _resume_path(config: TrainConfig, checkpoints: Path) -> Path | None:
@@ -249,17 +237,13 @@ def _resume_path(config: TrainConfig, checkpoints: Path) -> Path | None:
     return Path(config.resume)
 
 
-def _train_step(step_module, objective, optimizer, scheduler, scaler, batch, model, config, context, autocast_dtype):
-    device = context.device
-    if batch["pixels"].numel() == 0:
-        raise TrainingError("no image of a whole batch could be read; check the image paths and --image-root")
-    pixels = batch["pixels"].to(device, non_blocking=True)
-    long_ids = batch["long_ids"].to(device, non_blocking=True)
-    short_ids = batch["short_ids"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        image, long_text, short_text, scale = step_module(pixels, long_ids, short_ids)
-    # The loss runs in float32: softmax over a large batch loses too much in half precision.
-    loss_out = objective(image.float(), long_text.float(), short_text.float(), scale.float())
+def _train_step(step_module, task, optimizer, scheduler, scaler, batch, config, context, autocast_dtype):
+    if len(batch["indices"]) == 0:
+        raise TrainingError("no item of a whole batch could be read; check the image paths and --image-root")
+    batch = {k: v.to(context.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    device_type = context.device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        loss_out = step_module(batch)
     scaler.scale(loss_out.loss).backward()
     finite = context.all_agree(bool(torch.isfinite(loss_out.loss.detach())))
     if finite:
@@ -268,8 +252,7 @@ def _train_step(step_module, objective, optimizer, scheduler, scaler, batch, mod
             nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        task.after_step()
     else:
         logger.warning("non-finite loss (%s); skipping this step", float(loss_out.loss.detach()))
         loss_out.parts["skipped"] = 1.0
@@ -278,12 +261,11 @@ def _train_step(step_module, objective, optimizer, scheduler, scaler, batch, mod
     return loss_out
 
 
-def _count_batch(progress: dict, batch: dict, loss_out: LossOutput, objective, context: DistributedContext) -> None:
+def _count_batch(progress: dict, batch: dict, loss_out: LossOutput, context: DistributedContext) -> None:
     bad = context.sum(batch.get("num_bad", 0))
     progress["bad_images"] += int(bad)
-    progress["seen_images"] += int(context.sum(batch["pixels"].shape[0])) + int(bad)
+    progress["seen_images"] += int(context.sum(len(batch["indices"]))) + int(bad)
     progress["skipped_steps"] += int(loss_out.parts.get("skipped", 0))
-    progress["svd_failures"] = getattr(objective, "svd_failures", 0)
     if bad:  # the sum is the same on every rank, so all of them take part in the gather
         indices = context.gather_lists([int(i) for i in batch.get("bad_indices", [])])
         progress["bad"].extend(indices[: max(0, 1000 - len(progress["bad"]))])
@@ -298,27 +280,13 @@ def _check_bad_images(progress: dict, config: TrainConfig) -> None:
         )
 
 
-# --- the Long-CLIP recipe ----------------------------------------------------------------------------------------
+# --- running a method on a data set ------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig) -> DualEncoder:
-    """Load ``config.model``: a 77-token CLIP is stretched to 248 positions, a Long-CLIP is continued as it is."""
-    from ..checkpoints import load_clip
-    from ..models import LongCLIPModel, stretch_clip
-    from ..tokenizer import CLIP_CONTEXT_LENGTH
-    from .freezing import freeze_position_rows, freeze_tower
-
-    checkpoint = load_clip(config.model)
-    clip = checkpoint.model
-    if clip.config.text_config.max_position_embeddings == CLIP_CONTEXT_LENGTH and checkpoint.keep_rows is None:
-        stretch_clip(clip, keep=config.keep_positions, mode=config.stretch)
-    # Linear stretching changes every row, so no row is "kept" from CLIP; knowledge-preserving stretching kept them.
-    freeze_position_rows(clip, config.keep_positions if config.stretch == "kps" else 0)
-    if config.freeze_vision:
-        freeze_tower(clip, "vision")
-    if config.freeze_text:
-        freeze_tower(clip, "text")
-    return LongCLIPModel.from_checkpoint(checkpoint)
+def build_model(config: TrainConfig, options=None) -> DualEncoder:
+    """The model ``config.method`` trains, prepared by its task from ``config.model``."""
+    task_class = get_task(config.method)
+    return task_class.prepare_model(config, options if options is not None else task_class.options_class())
 
 
 def _seed_everything(seed: int) -> None:
@@ -327,47 +295,55 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig) -> dict:
-    """Fine-tune with Long-CLIP's recipe; writes checkpoints, ``metrics.jsonl`` and the final model to ``output``.
+def train(config: TrainConfig, options=None) -> dict:
+    """Train with ``config.method`` (Long-CLIP's recipe by default); writes checkpoints, ``metrics.jsonl`` and the
+    final model to ``config.output``.
+
+    Args:
+        config: The common settings (``TrainConfig.for_method`` gives a method's own defaults).
+        options: The method's own settings (its task's ``options_class``); its defaults when None.
 
     Returns:
-        A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, SVD failures)
+        A summary: steps run, whether the run finished, counters (unreadable images, skipped steps, the task's own)
         and the path of the final model.
     """
     from ..data import read_pairs, split_holdout
 
+    task_class = get_task(config.method)
+    options = options if options is not None else task_class.options_class()
+    if not isinstance(options, task_class.options_class):
+        wanted, got = task_class.options_class.__name__, type(options).__name__
+        raise TypeError(f"method {config.method!r} takes {wanted} options, got {got}")
     context = setup_distributed(config.device)
     try:
         _seed_everything(config.seed)
         output = Path(config.output)
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
-            (output / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        model = build_model(config).to(context.device)
-        if config.save_pt:  # find out now, not after hours of training
-            from ..checkpoints import check_pt_compatible
-
-            check_pt_compatible(model.config)
-        objective = LongCLIPObjective(config.pca_components, config.short_loss_weight, config.label_smoothing, context)
+            saved = {**asdict(config), "options": asdict(options)}
+            (output / "config.json").write_text(json.dumps(saved, indent=2))
+        model = task_class.prepare_model(config, options).to(context.device)
+        task = task_class(model, options, context)
 
         validation = None
         if _is_webdataset(config.data):
-            batches, steps_per_epoch = _stream_batches(config, model, context)
+            batches, steps_per_epoch = _stream_batches(config, task, context)
             bad_paths = None
         else:
             pairs = read_pairs(config.data, config.image_root)
             validation, pairs = split_holdout(pairs, config.val_rows) if config.val_rows else ([], pairs)
-            batches, steps_per_epoch = pair_batches(pairs, model, config, context)
+            batches, steps_per_epoch = pair_batches(pairs, task, config, context)
 
             def bad_paths(indices: list[int]) -> list[str]:
                 return [pairs[i].image for i in indices]
 
         summary = fit(
-            model, objective, batches, steps_per_epoch, config, context,
+            task, batches, steps_per_epoch, config, context,
             validate=_validator(validation, config) if validation else None, bad_image_paths=bad_paths,
         )  # fmt: skip
         if summary["finished"] and context.is_main:
-            summary["model"] = str(_save_final(model, output, config))
+            summary["model"] = str(task.save_final(output, config))
+            logger.info("saved the trained model to %s", summary["model"])
         context.barrier()
         return summary
     finally:
@@ -375,16 +351,16 @@ def train(config: TrainConfig) -> dict:
 
 
 def pair_batches(
-    pairs: list, model: DualEncoder, config: TrainConfig, context: DistributedContext
+    pairs: list, task: Task, config: TrainConfig, context: DistributedContext
 ) -> tuple[Callable[[int, int], Iterator[dict]], int]:
     """Batches of image / caption pairs for ``fit``, and the number of steps per epoch.
 
     Raises:
         TrainingError: The pairs do not fill one global batch.
     """
-    from ..data import CaptionCollator, PairDataset
+    from ..data import PairDataset
 
-    dataset, collate = PairDataset(pairs, model.image_transform), CaptionCollator(model.tokenizer)
+    dataset, collate = PairDataset(pairs, task.model.image_transform), task.collate
     steps_per_epoch = len(pairs) // (config.batch_size * context.world_size)
     if steps_per_epoch == 0:
         raise TrainingError(
@@ -410,10 +386,10 @@ def _is_webdataset(data: str) -> bool:
     return ".tar" in data or "{" in data
 
 
-def _stream_batches(config, model, context):
-    from ..data import CaptionCollator, webdataset_pairs
+def _stream_batches(config, task, context):
+    from ..data import webdataset_pairs
 
-    collate = CaptionCollator(model.tokenizer)
+    model, collate = task.model, task.collate
     if not config.samples_per_epoch:
         raise ValueError("webdataset data needs --samples-per-epoch (a stream has no length to count epochs by)")
     steps_per_epoch = config.samples_per_epoch // (config.batch_size * context.world_size)
@@ -458,16 +434,3 @@ def _validator(pairs, config: TrainConfig) -> Callable[[DualEncoder], dict[str, 
         return results
 
     return validate
-
-
-def _save_final(model: DualEncoder, output: Path, config: TrainConfig) -> Path:
-    from ..checkpoints import save_longclip_pt
-    from .freezing import merge_position_rows
-
-    merge_position_rows(model.clip)
-    final = output / "model"
-    model.save_pretrained(final)
-    if config.save_pt:
-        save_longclip_pt(model.clip, output / "longclip.pt")
-    logger.info("saved the fine-tuned model to %s", final)
-    return final

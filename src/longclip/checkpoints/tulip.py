@@ -1,0 +1,114 @@
+"""TULIP's released checkpoints (hub ``mderakhshani/TULIP``): open_clip layout -> the ``tulip`` family's layout.
+
+The released files are open_clip training checkpoints, ``{"state_dict": ...}`` with DDP's ``module.`` prefix
+(``reading.read_state_dict`` unwraps both, weights only). Their keys are OpenAI CLIP's without the text position
+table: ``token_embedding.weight``, ``transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias,
+attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_final``, ``text_projection``, ``logit_scale``, ``visual.*``.
+The rotary frequencies are not stored: the config records TULIP's base (10000) and the model rebuilds them. The
+CoPE variant adds per layer ``attn.q_norm``, ``attn.k_norm`` (LayerNorms over a head) and ``attn.cope.pos_emb``
+(``[1, head_dim, npos_max]``).
+
+The shared part is converted by the OpenAI converter (``convert.openai_to_hf``), given a placeholder position table
+that is dropped again, so both layouts are read by one piece of code and every shape is checked there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..tokenizer import DEFAULT_CONTEXT_LENGTH
+from .convert import openai_to_hf
+from .reading import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+
+TULIP_ROPE_THETA = 10000.0
+_COPE_PARTS = {  # open_clip name in a block -> our name in a layer
+    "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.q_norm.bias": "self_attn.q_norm.bias",
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+    "attn.k_norm.bias": "self_attn.k_norm.bias",
+    "attn.cope.pos_emb": "self_attn.cope_positions",
+}
+_POSITION_TABLE = "text_model.embeddings.position_embedding.weight"
+
+
+def is_tulip_open_clip(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """open_clip CLIP keys with a text transformer but no text position table."""
+    keys = set(state_dict)
+    return (
+        {"token_embedding.weight", "text_projection", "transformer.resblocks.0.attn.in_proj_weight"} <= keys
+        and "positional_embedding" not in keys
+        and "visual.class_embedding" in keys
+    )
+
+
+def convert_tulip_open_clip(
+    state_dict: Mapping[str, torch.Tensor], context_length: int = DEFAULT_CONTEXT_LENGTH
+) -> tuple[dict, StateDict]:
+    """A released TULIP state dict -> (``tulip`` config dict, state dict in ``TulipModel``'s layout).
+
+    Raises:
+        CheckpointError: A tensor is missing, left over or misshapen (the message names it), or only some layers
+            carry CoPE's tensors.
+    """
+    remaining = dict(state_dict)
+    cope: dict[int, dict[str, torch.Tensor]] = {}
+    for name in list(remaining):
+        for part in _COPE_PARTS:
+            prefix = "transformer.resblocks."
+            if name.startswith(prefix) and name.endswith("." + part):
+                layer = name[len(prefix) : -len(part) - 1]
+                if layer.isdigit():
+                    cope.setdefault(int(layer), {})[part] = remaining.pop(name)
+    width = _shape(remaining, "token_embedding.weight", 2)[1]
+    # The OpenAI converter needs a position table to read the text tower's context; TULIP has none.
+    remaining["positional_embedding"] = torch.zeros(2, width)
+    config, converted = openai_to_hf(remaining)
+    converted.pop(_POSITION_TABLE)
+    tc = config.text_config
+    heads, layers = tc.num_attention_heads, tc.num_hidden_layers
+    head_dim = tc.hidden_size // heads
+
+    text = {
+        "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_act": tc.hidden_act,
+        "layer_norm_eps": tc.layer_norm_eps, "context_length": context_length, "position_encoding": "rope",
+        "rope_theta": TULIP_ROPE_THETA, "rope_scaling": None,
+    }  # fmt: skip
+    if cope:
+        if sorted(cope) != list(range(layers)) or any(len(parts) != len(_COPE_PARTS) for parts in cope.values()):
+            raise CheckpointError(
+                f"CoPE tensors ({', '.join(_COPE_PARTS)}) must be present in each of the {layers} text layers; "
+                f"found them for layers {sorted(cope)} with parts {sorted({p for v in cope.values() for p in v})}"
+            )
+        npos = _shape(cope[0], "attn.cope.pos_emb", 3)[2]
+        for layer, parts in cope.items():
+            for part, tensor in parts.items():
+                want = (1, head_dim, npos) if part.endswith("pos_emb") else (head_dim,)
+                if tuple(tensor.shape) != want:
+                    raise CheckpointError(
+                        f"tensor transformer.resblocks.{layer}.{part} has shape {tuple(tensor.shape)}, expected {want}"
+                    )
+                converted[f"text_model.encoder.layers.{layer}.{_COPE_PARTS[part]}"] = tensor
+        text.update(position_encoding="cope", cope_positions=npos)
+    # Everything else already has our names: the tulip layout is transformers' CLIP layout minus the table.
+    vision = config.vision_config.to_dict()
+    tulip = {
+        "model_type": "tulip",
+        "text_config": text,
+        "vision_config": vision,
+        "projection_dim": config.projection_dim,
+    }
+    return tulip, converted
+
+
+def _shape(tensors: Mapping[str, torch.Tensor], name: str, ndim: int) -> tuple[int, ...]:
+    if name not in tensors:
+        raise CheckpointError(f"checkpoint lacks tensor {name}")
+    shape = tuple(tensors[name].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"tensor {name} has shape {shape}, expected {ndim} dimensions")
+    return shape

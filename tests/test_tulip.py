@@ -1,0 +1,351 @@
+"""TULIP's relative-position text tower: rotary and CoPE against written-out references, long texts, saving,
+conversion from a CLIP and from the released open_clip layout."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_clip
+
+import longclip
+from longclip.checkpoints import CheckpointError, read_checkpoint
+from longclip.models import LongCLIPModel, TulipModel, tulip_from_clip
+from longclip.models.tulip import TulipAttention, TulipTextConfig, rotary_inverse_frequencies
+
+WORDS = "red green blue square circle big small left right above below shiny dull striped dotted".split()
+
+
+def _text_config(**overrides) -> TulipTextConfig:
+    settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return TulipTextConfig(**{**settings, **overrides})
+
+
+def _tulip(**settings) -> TulipModel:
+    clip = LongCLIPModel(tiny_clip(context=77))
+    torch.manual_seed(1)
+    return tulip_from_clip(clip, **settings)
+
+
+def _rotate_complex(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE as complex multiplication: channel i and i + d/2 form z_i, rotated by position * theta^(-2i/d)."""
+    d = x.shape[-1]
+    freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2 :].double())
+    z = z * torch.polar(torch.ones_like(freqs), positions.double()[:, None] * freqs)
+    return torch.cat([z.real, z.imag], dim=-1).float()
+
+
+def _long_text(words: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (words,), generator=g).tolist()) + "."
+
+
+# --- rotary ---------------------------------------------------------------------------------------------------------
+
+
+def test_rotary_equals_a_complex_number_reference():
+    text = _text_config(rope_theta=500.0)
+    attention = TulipAttention(text)
+    tower_inv_freq = rotary_inverse_frequencies(text)
+    torch.testing.assert_close(tower_inv_freq, 500.0 ** (-torch.arange(0, 8, 2).float() / 8))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 32)
+    out = attention(x, *_cos_sin(text, 7))
+
+    # Reference: project, rotate each head by complex multiplication, causal softmax attention, out projection.
+    def heads(t):
+        return t.view(2, 7, 4, 8).transpose(1, 2)
+
+    positions = torch.arange(7)
+    q = _rotate_complex(heads(attention.q_proj(x)), positions, 500.0)
+    k = _rotate_complex(heads(attention.k_proj(x)), positions, 500.0)
+    v = heads(attention.v_proj(x))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), -math.inf)
+    expected = attention.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 32))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def _cos_sin(text: TulipTextConfig, length: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    from longclip.models.tulip import TulipTextTransformer
+
+    cos, sin = TulipTextTransformer(text).rotary(start + length, torch.device("cpu"))
+    return cos[start:], sin[start:]
+
+
+def test_rotary_scores_are_unchanged_when_every_position_shifts_by_the_same_amount():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    text = _text_config()
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 9, 8), torch.randn(1, 4, 9, 8)
+    scores = []
+    for start in (0, 5, 300):
+        cos, sin = _cos_sin(text, 9, start)
+        rq, rk = apply_rotary_pos_emb(q, k, cos[None], sin[None], unsqueeze_dim=1)
+        scores.append(rq @ rk.transpose(-1, -2))
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores[2], scores[0], atol=1e-4, rtol=1e-4)
+    # ...while the rotated vectors themselves do depend on the absolute position (the test is not vacuous).
+    assert not torch.allclose(apply_rotary_pos_emb(q, k, *(t[None] for t in _cos_sin(text, 9, 5)))[0], q)
+
+
+def test_dynamic_ntk_rescales_the_base_as_written_and_is_saved_with_the_model(tmp_path):
+    text = _text_config(context_length=1024, rope_scaling={"rope_type": "dynamic", "factor": 8.0,
+                                                           "original_context_length": 248})  # fmt: skip
+    d = 8
+    base = 10000.0 * (8.0 * 1024 / 248 - 7.0) ** (d / (d - 2))
+    torch.testing.assert_close(rotary_inverse_frequencies(text), base ** (-torch.arange(0, d, 2).float() / d))
+
+    model = _tulip(context_length=1024, rope_scaling=dict(text.rope_scaling))
+    model.save_pretrained(tmp_path / "ntk")
+    saved = json.loads((tmp_path / "ntk" / "config.json").read_text())
+    assert saved["text_config"]["rope_scaling"]["factor"] == 8.0
+    reloaded, _ = longclip.load(tmp_path / "ntk", dtype="float32")
+    assert torch.equal(reloaded.text_model.inv_freq, model.text_model.inv_freq)
+    assert not torch.allclose(reloaded.text_model.inv_freq, _tulip(context_length=1024).text_model.inv_freq)
+
+
+# --- CoPE -----------------------------------------------------------------------------------------------------------
+
+
+def test_cope_attention_equals_a_direct_reference():
+    text = _text_config(hidden_size=8, num_attention_heads=2, position_encoding="cope", cope_positions=3)
+    attention = TulipAttention(text)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        attention.cope_positions.normal_()
+        attention.q_norm.weight.uniform_(0.5, 1.5)
+        attention.k_norm.bias.normal_()
+    x = torch.randn(1, 5, 8)
+    out = attention(x, None, None)
+
+    # Reference, one query and key at a time (Golovneva et al. 2024, with TULIP's q/k LayerNorms).
+    h, d, n, table = 2, 4, 5, attention.cope_positions[0]
+    q = attention.q_norm(attention.q_proj(x).view(n, h, d))
+    k = attention.k_norm(attention.k_proj(x).view(n, h, d))
+    v = attention.v_proj(x).view(n, h, d)
+    mixed = torch.zeros(n, h, d)
+    for head in range(h):
+        for i in range(n):
+            logits = []
+            for j in range(i + 1):
+                gates = [torch.sigmoid(q[i, head] @ k[t, head] / math.sqrt(d)) for t in range(j, i + 1)]
+                p = min(sum(gates), torch.tensor(2.0))  # clamped to the last of 3 table rows
+                lo, hi = math.floor(float(p.detach())), math.ceil(float(p.detach()))
+                w = p - lo
+                position_logit = (1 - w) * (q[i, head] @ table[:, lo]) + w * (q[i, head] @ table[:, hi])
+                logits.append(q[i, head] @ k[j, head] / math.sqrt(d) + position_logit)
+            weights = torch.stack(logits).softmax(0)
+            mixed[i, head] = sum(weights[j] * v[j, head] for j in range(i + 1))
+    expected = attention.out_proj(mixed.reshape(1, n, 8))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cope_model_trains_its_position_tables_and_round_trips(tmp_path):
+    model = _tulip(position_encoding="cope", cope_positions=16)
+    batch = model.tokenizer.batch(["a red square. it is above a blue circle.", "green"])
+    model.encode_text(batch.input_ids, batch.attention_mask).sum().backward()
+    assert model.text_model.encoder.layers[0].self_attn.cope_positions.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "cope")
+    reloaded, _ = longclip.load(tmp_path / "cope", dtype="float32")
+    assert reloaded.config.text_config.position_encoding == "cope"
+    assert torch.equal(reloaded.encode_text(batch.input_ids), model.encode_text(batch.input_ids))
+
+
+# --- the model ------------------------------------------------------------------------------------------------------
+
+
+def test_tulip_from_clip_keeps_every_clip_tensor_but_the_position_table():
+    clip = LongCLIPModel(tiny_clip(context=77))
+    tulip = tulip_from_clip(clip)
+    ours = tulip.state_dict()
+    for name, tensor in clip.clip.state_dict().items():
+        if "embeddings.position_" in name and name.startswith("text_model"):
+            assert name not in ours
+        else:
+            assert torch.equal(ours[name], tensor), name
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(tulip.encode_image(pixels), clip.encode_image(pixels))
+    assert tulip.context_length == 248 and tulip.family == "tulip"
+
+
+@pytest.mark.parametrize("context", [512, 1024])
+def test_long_texts_embed_whole_with_no_cut(context):
+    model = _tulip(context_length=context)
+    texts = [_long_text(300 * (context // 512)), _long_text(context - 40, seed=1), "a red square."]
+    lengths = [len(ids) for ids in model.tokenizer.encode(texts)]
+    assert 300 <= max(lengths) <= context and min(lengths) < 10
+    features = model.embed_texts(texts, long_texts="error")  # would raise if anything needed cutting
+    alone = torch.stack([model.encode_text(model.tokenizer.batch([t]).input_ids, normalize=True)[0] for t in texts])
+    torch.testing.assert_close(features, alone, atol=1e-5, rtol=1e-5)
+    # The last word of the longest text still changes its embedding: nothing was cut silently.
+    changed = texts[1].rsplit(" ", 1)[0] + " " + ("red." if not texts[1].endswith("red.") else "blue.")
+    assert not torch.allclose(model.embed_texts([changed])[0], features[1], atol=1e-6)
+    with pytest.raises(ValueError, match="more than the context length"):
+        model.embed_texts([_long_text(context + 50)], long_texts="error")
+    chunked = model.embed_texts([_long_text(context + 50)], long_texts="chunk")
+    assert chunked.shape == (1, 16) and torch.isfinite(chunked).all()
+
+
+def test_save_and_reload_is_bit_exact(tmp_path):
+    model = _tulip(context_length=512)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # weights a CLIP never had
+    model.save_pretrained(tmp_path / "tulip")
+    config = json.loads((tmp_path / "tulip" / "config.json").read_text())
+    assert config["model_type"] == "tulip" and config["text_config"]["context_length"] == 512
+    reloaded, preprocess = longclip.load(tmp_path / "tulip", dtype="float32")
+    assert isinstance(reloaded, TulipModel) and reloaded.context_length == 512
+    original, loaded = model.state_dict(), reloaded.state_dict()
+    assert original.keys() == loaded.keys()
+    for name in original:
+        assert torch.equal(original[name], loaded[name]), name
+    ids = model.tokenizer.batch([_long_text(400)]).input_ids
+    assert torch.equal(reloaded.encode_text(ids), model.encode_text(ids))
+
+
+# --- the released open_clip layout ----------------------------------------------------------------------------------
+
+
+def _fake_tulip_checkpoint(cope: bool = False, width: int = 64, layers: int = 2) -> dict[str, torch.Tensor]:
+    """Random tensors under the names and shapes of TULIP's open_clip checkpoints (one 64-wide head per layer)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    sd = {"token_embedding.weight": r(49408, width), "ln_final.weight": r(width), "ln_final.bias": r(width),
+          "text_projection": r(width, 16), "logit_scale": torch.tensor(4.2)}  # fmt: skip
+    vision = {"visual.class_embedding": r(width), "visual.conv1.weight": r(width, 3, 8, 8),
+              "visual.positional_embedding": r(17, width), "visual.ln_pre.weight": r(width),
+              "visual.ln_pre.bias": r(width), "visual.ln_post.weight": r(width), "visual.ln_post.bias": r(width),
+              "visual.proj": r(width, 16)}  # fmt: skip
+    sd.update(vision)
+    for prefix in ("transformer.resblocks.", "visual.transformer.resblocks."):
+        for i in range(layers):
+            b = f"{prefix}{i}."
+            sd.update({
+                b + "ln_1.weight": r(width), b + "ln_1.bias": r(width),
+                b + "attn.in_proj_weight": r(3 * width, width), b + "attn.in_proj_bias": r(3 * width),
+                b + "attn.out_proj.weight": r(width, width), b + "attn.out_proj.bias": r(width),
+                b + "ln_2.weight": r(width), b + "ln_2.bias": r(width),
+                b + "mlp.c_fc.weight": r(4 * width, width), b + "mlp.c_fc.bias": r(4 * width),
+                b + "mlp.c_proj.weight": r(width, 4 * width), b + "mlp.c_proj.bias": r(width),
+            })  # fmt: skip
+            if cope and prefix == "transformer.resblocks.":
+                sd.update({
+                    b + "attn.q_norm.weight": r(64), b + "attn.q_norm.bias": r(64),
+                    b + "attn.k_norm.weight": r(64), b + "attn.k_norm.bias": r(64),
+                    b + "attn.cope.pos_emb": r(1, 64, 32),
+                })  # fmt: skip
+    return sd
+
+
+def _save_open_clip(sd: dict[str, torch.Tensor], path) -> None:
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+
+
+@pytest.mark.parametrize("cope", [False, True])
+def test_released_tulip_checkpoint_converts_tensor_by_tensor(tmp_path, cope):
+    sd = _fake_tulip_checkpoint(cope=cope)
+    _save_open_clip(sd, tmp_path / "tulip.pt")
+    checkpoint = read_checkpoint(tmp_path / "tulip.pt")
+    assert (checkpoint.family, checkpoint.format) == ("tulip", "tulip-open_clip")
+    text = checkpoint.config["text_config"]
+    assert text["rope_theta"] == 10000.0 and text["position_encoding"] == ("cope" if cope else "rope")
+    out = checkpoint.state_dict
+
+    expected = {
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+        "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+        "text_projection.weight": sd["text_projection"].T,
+        "visual_projection.weight": sd["visual.proj"].T,
+        "logit_scale": sd["logit_scale"],
+        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+        "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+        "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+    }
+    for tower, src in (("text_model", "transformer.resblocks."), ("vision_model", "visual.transformer.resblocks.")):
+        for i in range(2):
+            dst, b = f"{tower}.encoder.layers.{i}.", f"{src}{i}."
+            q, k, v = sd[b + "attn.in_proj_weight"].chunk(3)
+            qb, kb, vb = sd[b + "attn.in_proj_bias"].chunk(3)
+            expected.update({
+                dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k,
+                dst + "self_attn.v_proj.weight": v, dst + "self_attn.q_proj.bias": qb,
+                dst + "self_attn.k_proj.bias": kb, dst + "self_attn.v_proj.bias": vb,
+                dst + "self_attn.out_proj.weight": sd[b + "attn.out_proj.weight"],
+                dst + "self_attn.out_proj.bias": sd[b + "attn.out_proj.bias"],
+                dst + "layer_norm1.weight": sd[b + "ln_1.weight"], dst + "layer_norm1.bias": sd[b + "ln_1.bias"],
+                dst + "layer_norm2.weight": sd[b + "ln_2.weight"], dst + "layer_norm2.bias": sd[b + "ln_2.bias"],
+                dst + "mlp.fc1.weight": sd[b + "mlp.c_fc.weight"], dst + "mlp.fc1.bias": sd[b + "mlp.c_fc.bias"],
+                dst + "mlp.fc2.weight": sd[b + "mlp.c_proj.weight"], dst + "mlp.fc2.bias": sd[b + "mlp.c_proj.bias"],
+            })  # fmt: skip
+            if cope and tower == "text_model":
+                expected.update({
+                    dst + "self_attn.q_norm.weight": sd[b + "attn.q_norm.weight"],
+                    dst + "self_attn.k_norm.bias": sd[b + "attn.k_norm.bias"],
+                    dst + "self_attn.cope_positions": sd[b + "attn.cope.pos_emb"],
+                })  # fmt: skip
+    for name, tensor in expected.items():
+        assert torch.equal(out[name], tensor), name
+    assert not any("position_embedding" in name for name in out if name.startswith("text_model"))
+
+    model, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
+    assert isinstance(model, TulipModel) and model.context_length == 248
+    assert set(model.state_dict()) == set(out)
+    assert torch.isfinite(model.embed_texts(["a long caption. " * 40])).all()
+
+
+def test_a_misshapen_released_tensor_is_named(tmp_path):
+    sd = _fake_tulip_checkpoint(cope=True)
+    sd["transformer.resblocks.1.attn.cope.pos_emb"] = torch.zeros(1, 32, 32)
+    _save_open_clip(sd, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"transformer\.resblocks\.1\.attn\.cope\.pos_emb"):
+        read_checkpoint(tmp_path / "bad.pt")
+    sd = _fake_tulip_checkpoint()
+    sd["transformer.resblocks.0.mlp.c_fc.bias"] = torch.zeros(7)
+    _save_open_clip(sd, tmp_path / "bad2.pt")
+    with pytest.raises(CheckpointError, match=r"transformer\.resblocks\.0\.mlp\.c_fc\.bias"):
+        read_checkpoint(tmp_path / "bad2.pt")
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------------
+
+
+def test_cli_info_and_convert_read_a_released_tulip_checkpoint(tmp_path, capsys):
+    from longclip.cli import main
+
+    _save_open_clip(_fake_tulip_checkpoint(cope=True), tmp_path / "tulip.pt")
+    assert main(["info", str(tmp_path / "tulip.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["family"], info["format"], info["context_length"]) == ("tulip", "tulip-open_clip", 248)
+    assert info["text"]["position_encoding"] == "cope" and info["text"]["cope_positions"] == 32
+
+    assert main(["-q", "convert", str(tmp_path / "tulip.pt"), str(tmp_path / "dir")]) == 0
+    direct, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
+    converted, _ = longclip.load(tmp_path / "dir", dtype="float32")
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], tensor), name
+    assert main(["convert", str(tmp_path / "tulip.pt"), str(tmp_path / "x.pt"), "--to", "longclip-pt"]) != 0
+    assert "CLIP's layout only" in capsys.readouterr().err
+
+
+def test_clip_score_takes_a_tulip_and_its_long_texts():
+    from PIL import Image
+
+    from longclip.metrics import clip_score
+
+    model = _tulip(context_length=512)
+    images = [Image.new("RGB", (40, 40), (200, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 200))]
+    texts = [_long_text(400), "a blue picture."]
+    scores = clip_score(images, texts, model, long_texts="error")
+    expected = 100 * (model.embed_images(images) * model.embed_texts(texts, long_texts="error")).sum(-1).clamp(min=0)
+    torch.testing.assert_close(scores, expected)
