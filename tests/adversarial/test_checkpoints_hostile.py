@@ -380,8 +380,8 @@ def test_unknown_activation_lists_the_accepted_ones(tmp_path, good_dir):
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda p: p.__setitem__("crop_size", {"height": 100_000, "width": 100_000}), "produces 100000-pixel images"),
-        (lambda p: p.__setitem__("size", {"shortest_edge": 100_000}), "size.shortest_edge = 100000"),
+        (lambda p: p.__setitem__("crop_size", {"height": 100_000, "width": 100_000}), r"crop_size.*100000"),
+        (lambda p: p.__setitem__("size", {"shortest_edge": 100_000}), r"shortest_edge.*100000"),
     ],
 )
 def test_preprocessing_is_checked_against_the_model_image_size(tmp_path, good_dir, edit, expected):
