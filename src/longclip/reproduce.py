@@ -214,15 +214,16 @@ def llm2clip(source: Path, output: Path, data: dict[str, Path], scale: Scale, se
 def available_llm2clip_variants(quick: bool = False) -> list[tuple[str, str, str]]:
     """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model).
 
-    ``quick`` keeps only the MiniLM row: embedding the captions with SmolLM2-135M alone takes minutes on a CPU, more
-    than the whole quick run is for.
+    The MiniLM row only, unless ``LONGCLIP_REPRODUCE_SMOLLM2=1`` asks for the SmolLM2 row too (full scale only):
+    embedding the captions with SmolLM2-135M takes far longer on a CPU than the time budget of the whole run.
     """
     import importlib.util
 
     from .models.language import packaged_model_path
 
     rows = []
-    for name, description, language in LLM2CLIP_VARIANTS[:1] if quick else LLM2CLIP_VARIANTS:
+    with_smollm2 = not quick and os.environ.get("LONGCLIP_REPRODUCE_SMOLLM2") == "1"
+    for name, description, language in LLM2CLIP_VARIANTS if with_smollm2 else LLM2CLIP_VARIANTS[:1]:
         try:
             _, gguf_file = packaged_model_path(language)
         except (ModuleNotFoundError, FileNotFoundError) as e:
