@@ -119,7 +119,7 @@ def test_info_text_output(tiny_dir, capsys):
     assert "hf (transformers directory)" in out
     assert "context 248 tokens" in out and "patch 8" in out
     assert "stored dtype:" in out and "float32" in out
-    assert "dtype auto here: float32 (set by LONGCLIP_AUTO_DTYPE=float32)" in out  # the suite pins auto's choice
+    assert "dtype auto here:" in out and "float32 (set by LONGCLIP_AUTO_DTYPE=float32)" in out  # the suite pins it
 
 
 def test_info_says_what_auto_dtype_picks_and_why(tiny_dir, capsys, monkeypatch):
