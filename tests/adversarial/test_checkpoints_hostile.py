@@ -199,9 +199,9 @@ def test_torchscript_zero_stride_view_cannot_expand(bounded, tmp_path, script_mo
 
 
 def test_torchscript_storage_reused_many_times_is_capped(bounded, tmp_path, script_module):
-    storage = _Storage("0", 1 << 18)  # 1 MiB stored once, copied 4000 times = 4 GiB without the cap
-    root = script_module(**{f"w{i}": _Tensor(storage, (1 << 18,), (1,)) for i in range(4000)})
-    path = write_script_archive(tmp_path / "reuse.pt", root, {"0": bytes(1 << 20)})
+    storage = _Storage("0", 1 << 20)  # 4 MiB stored once, copied 480 times = 1.9 GiB without the cap (over the bound)
+    root = script_module(**{f"w{i}": _Tensor(storage, (1 << 20,), (1,)) for i in range(480)})
+    path = write_script_archive(tmp_path / "reuse.pt", root, {"0": bytes(4 << 20)})
     outcome = read_bounded(bounded, path)
     assert_one_line(outcome, "CheckpointError", "more bytes than its storages hold")
 
