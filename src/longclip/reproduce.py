@@ -290,22 +290,20 @@ def reproduce(
     clip77 = pretrain(output / "clip77", data, scale, seed, device)
 
     rows, curves = [], {}
+
+    def add_row(name: str, description: str, path: Path) -> None:
+        model, _ = load(path, device=device or "cpu", dtype="float32")
+        metrics, curve = evaluate(model, data, scale)
+        rows.append({"model": name, "description": description, "path": str(path), **metrics})
+        curves[description] = curve
+        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
+        logger.info("%s: %s", description, metrics)
+
     for name, description, variant in VARIANTS:
-        path = clip77 if variant is None else finetune(clip77, output / name, data, scale, seed, device, variant)
-        model, _ = load(path, device=device or "cpu", dtype="float32")
-        metrics, curve = evaluate(model, data, scale)
-        rows.append({"model": name, "description": description, "path": str(path), **metrics})
-        curves[description] = curve
-        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
-        logger.info("%s: %s", description, metrics)
+        add_row(name, description, clip77 if variant is None else finetune(
+            clip77, output / name, data, scale, seed, device, variant))  # fmt: skip
     for name, description, language in available_llm2clip_variants(quick):
-        path = llm2clip(clip77, output / name, data, scale, seed, device, language)
-        model, _ = load(path, device=device or "cpu", dtype="float32")
-        metrics, curve = evaluate(model, data, scale)
-        rows.append({"model": name, "description": description, "path": str(path), **metrics})
-        curves[description] = curve
-        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
-        logger.info("%s: %s", description, metrics)
+        add_row(name, description, llm2clip(clip77, output / name, data, scale, seed, device, language))
     plot_effective_length(curves, output / "effective_length.png", title="effective length (synthetic test set)")
 
     meta = json.loads(Path(data["meta"]).read_text())

@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..images import ImageTransform
 from ..positions import keep_positions_of, stretch_clip
 from ..processing import LongCLIPProcessor
-from ..tokenizer import EOT_ID, VOCAB_SIZE, LongCLIPTokenizer, get_tokenizer
+from ..tokenizer import VOCAB_SIZE, LongCLIPTokenizer, clip_end_positions, get_tokenizer
 from .base import DTypeName, DualEncoder, check_state_dict, quiet_transformers_progress
 
 if TYPE_CHECKING:
@@ -133,21 +133,10 @@ class LongCLIPModel(DualEncoder):
         to its longest text before the transformer runs: the text tower is causal and pools the end token, so
         positions after it never influence the result, and skipping them is pure savings.
         """
-        tokens = input_ids
-        if tokens.ndim != 2:
-            raise ValueError(f"expected token ids of shape [batch, length], got {tuple(tokens.shape)}")
-        if attention_mask is not None and attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(tokens.shape)}")
-        if tokens.shape[0] == 0:
+        end = clip_end_positions(input_ids, attention_mask, self.context_length)
+        if input_ids.shape[0] == 0:
             return torch.empty(0, self.embed_dim, device=self.device, dtype=self.dtype)
-        is_end = tokens == EOT_ID
-        if not bool(is_end.any(dim=1).all()):
-            row = int((~is_end.any(dim=1)).nonzero()[0])
-            raise ValueError(f"token row {row} has no end-of-text token ({EOT_ID}); tokenize with longclip.tokenize")
-        length = int(is_end.int().argmax(dim=1).max()) + 1
-        if length > self.context_length:
-            raise ValueError(f"texts of {length} tokens do not fit this model's context of {self.context_length}")
-        tokens = tokens[:, :length].to(self.device)
+        tokens = input_ids[:, : int(end.max()) + 1].to(self.device)
         features = self.clip.get_text_features(input_ids=tokens).pooler_output
         return F.normalize(features, dim=-1) if normalize else features
 
