@@ -119,6 +119,17 @@ def test_info_text_output(tiny_dir, capsys):
     assert "hf (transformers directory)" in out
     assert "context 248 tokens" in out and "patch 8" in out
     assert "stored dtype:" in out and "float32" in out
+    assert "dtype auto here:" in out and "float32 (set by LONGCLIP_AUTO_DTYPE=float32)" in out  # the suite pins it
+
+
+def test_info_says_what_auto_dtype_picks_and_why(tiny_dir, capsys, monkeypatch):
+    from longclip import precision
+
+    monkeypatch.delenv("LONGCLIP_AUTO_DTYPE")
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
+    assert main(["info", str(tiny_dir), "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)["auto_dtype"]
+    assert auto == {"dtype": "bfloat16", "reason": "the CPU computes bfloat16 natively (avx512_bf16)"}
 
 
 def test_convert_to_half_precision(tiny_dir, tmp_path, capsys):

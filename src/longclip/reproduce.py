@@ -222,14 +222,19 @@ def llm2clip(
     return Path(train(config, LLM2CLIPOptions(text_cache=str(cache)), description=label)["model"])
 
 
-def available_llm2clip_variants() -> list[tuple[str, str, str]]:
-    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model)."""
+def available_llm2clip_variants(quick: bool = False) -> list[tuple[str, str, str]]:
+    """The LLM2CLIP rows whose language model is installed (its package, and gguf for a GGUF model).
+
+    The MiniLM row only, unless ``LONGCLIP_REPRODUCE_SMOLLM2=1`` asks for the SmolLM2 row too (full scale only):
+    embedding the captions with SmolLM2-135M takes far longer on a CPU than the time budget of the whole run.
+    """
     import importlib.util
 
     from .models.language import packaged_model_path
 
     rows = []
-    for name, description, language in LLM2CLIP_VARIANTS:
+    with_smollm2 = not quick and os.environ.get("LONGCLIP_REPRODUCE_SMOLLM2") == "1"
+    for name, description, language in LLM2CLIP_VARIANTS if with_smollm2 else LLM2CLIP_VARIANTS[:1]:
         try:
             _, gguf_file = packaged_model_path(language)
         except (ModuleNotFoundError, FileNotFoundError) as e:
@@ -300,25 +305,20 @@ def reproduce(
     clip77 = pretrain(output / "clip77", data, scale, seed, device, progress)
 
     rows, curves = [], {}
+
+    def add_row(name: str, description: str, path: Path) -> None:
+        model, _ = load(path, device=device or "cpu", dtype="float32")
+        metrics, curve = evaluate(model, data, scale)
+        rows.append({"model": name, "description": description, "path": str(path), **metrics})
+        curves[description] = curve
+        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
+        logger.info("%s: %s", description, metrics)
+
     for name, description, variant in VARIANTS:
-        if variant is None:
-            path = clip77
-        else:
-            path = finetune(clip77, output / name, data, scale, seed, device, variant, progress, description)
-        model, _ = load(path, device=device or "cpu", dtype="float32")
-        metrics, curve = evaluate(model, data, scale)
-        rows.append({"model": name, "description": description, "path": str(path), **metrics})
-        curves[description] = curve
-        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
-        logger.info("%s: %s", description, metrics)
-    for name, description, language in available_llm2clip_variants():
-        path = llm2clip(clip77, output / name, data, scale, seed, device, language, progress)
-        model, _ = load(path, device=device or "cpu", dtype="float32")
-        metrics, curve = evaluate(model, data, scale)
-        rows.append({"model": name, "description": description, "path": str(path), **metrics})
-        curves[description] = curve
-        plot_effective_length({description: curve}, output / f"effective_length_{name}.png", title=description)
-        logger.info("%s: %s", description, metrics)
+        add_row(name, description, clip77 if variant is None else finetune(
+            clip77, output / name, data, scale, seed, device, variant, progress, description))  # fmt: skip
+    for name, description, language in available_llm2clip_variants(quick):
+        add_row(name, description, llm2clip(clip77, output / name, data, scale, seed, device, language, progress))
     plot_effective_length(curves, output / "effective_length.png", title="effective length (synthetic test set)")
 
     meta = json.loads(Path(data["meta"]).read_text())

@@ -244,6 +244,33 @@ def truncate_clip_ids(ids: Sequence[int], length: int) -> list[int]:
     return ids if len(ids) <= length else [*ids[: length - 1], EOT_ID]
 
 
+def clip_end_positions(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, context_length: int
+) -> torch.Tensor:
+    """Where each row's first end-of-text token is, for towers that pool it (CLIP's, TULIP's).
+
+    Checks what such a tower needs: ids of shape ``[batch, length]`` (and a mask of the same shape, if given), an end
+    token in every row, and the longest text within ``context_length``. The tower may then cut the batch after
+    ``end.max() + 1`` positions: attention is causal, so later positions never reach a pooled token.
+
+    Raises:
+        ValueError: Naming the row or the shape at fault.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"expected token ids of shape [batch, length], got {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(input_ids.shape)}")
+    is_end = input_ids == EOT_ID
+    if input_ids.shape[0] and not bool(is_end.any(dim=1).all()):
+        row = int((~is_end.any(dim=1)).nonzero()[0])
+        raise ValueError(f"token row {row} has no end-of-text token ({EOT_ID}); tokenize with longclip.tokenize")
+    end = is_end.int().argmax(dim=1)
+    if input_ids.shape[0] and int(end.max()) + 1 > context_length:
+        length = int(end.max()) + 1
+        raise ValueError(f"texts of {length} tokens do not fit this model's context of {context_length}")
+    return end
+
+
 def _as_list(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]

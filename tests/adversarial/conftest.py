@@ -81,6 +81,11 @@ def _address_space_bytes() -> int:
 
 
 def _child(connection: Any, memory_bytes: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    # A child forked from a process whose OpenMP pool already ran (any earlier test that used torch) hangs at its
+    # first parallel region: GNU OpenMP's team does not survive fork(). One thread never enters a parallel region.
+    import torch
+
+    torch.set_num_threads(1)
     limit = _address_space_bytes() + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..atomic import atomic_file
 from ..positions import LONGCLIP_KEEP_POSITIONS, keep_positions_of
 from ..tokenizer import CLIP_CONTEXT_LENGTH
 from . import llm2clip as _llm2clip  # noqa: F401  (registers the released LLM2CLIP layout)
 from .convert import HEAD_WIDTH, config_from_openai, detect_format, heads_for_width, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
 from .layouts import Layout, find_layout, layouts, register_layout, unknown_layout_error
-from .reading import CheckpointError, read_state_dict
+from .reading import CheckpointError, read_state_dict, sample_keys
 
 if TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPModel
@@ -35,6 +36,7 @@ __all__ = [
     "Layout",
     "LoadedCheckpoint",
     "available_models",
+    "check_finite",
     "check_pt_compatible",
     "config_from_openai",
     "detect_format",
@@ -112,6 +114,7 @@ def read_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None
         config, converted = layout.convert(state_dict)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
+    check_finite(converted, path)
     return Checkpoint(converted, config, layout.family, layout.name, path, stored_dtypes=stored_dtypes(state_dict))
 
 
@@ -133,6 +136,7 @@ def read_directory(folder: Path) -> Checkpoint:
     state_dict: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
         state_dict.update(read_state_dict(file))
+    check_finite(state_dict, folder)
     dtypes = stored_dtypes(state_dict)
     return Checkpoint(state_dict, config, config["model_type"], "hf", folder, directory=folder, stored_dtypes=dtypes)
 
@@ -161,6 +165,9 @@ def weight_files(folder: Path) -> list[Path]:
                 shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
             except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
                 raise CheckpointError(f"{index} is not a readable weight index: {e}") from e
+            outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
+            if outside:
+                raise CheckpointError(f"{index} names shard {outside[0]!r}, which is not a file name in {folder}")
             return [folder / name for name in shards]
         if (folder / single).is_file():
             return [folder / single]
@@ -177,6 +184,24 @@ def single_weight_file(folder: Path) -> Path:
             f"{folder} has no config.json, so it must hold exactly one checkpoint file; found: {found}"
         )
     return candidates[0]
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], where: object) -> None:
+    """Refuse floating-point weights holding NaN or infinity: they load fine and then make every output NaN.
+
+    Raises:
+        CheckpointError: Naming the tensors and how many of their values are not finite.
+    """
+    bad = []
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            count = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"{where} holds weights that are NaN or infinite, which would make every output NaN: {sample_keys(bad, 4)}"
+        )
 
 
 def stored_dtypes(state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
@@ -261,4 +286,6 @@ def save_longclip_pt(model: CLIPModel, path: str | os.PathLike) -> None:
     if keep_positions is None and model.config.text_config.max_position_embeddings != CLIP_CONTEXT_LENGTH:
         keep_positions = LONGCLIP_KEEP_POSITIONS
     state_dict = hf_to_openai(model.state_dict(), model.config, keep_positions=keep_positions)
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with atomic_file(path) as temporary:
+        torch.save(tensors, temporary)

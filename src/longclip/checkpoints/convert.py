@@ -106,9 +106,23 @@ def _expect(tensor: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Te
 def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
     """Build a transformers ``CLIPConfig`` from an OpenAI-layout state dict's shapes."""
     sd, keys = state_dict, set(state_dict)
-    for required in ("visual.conv1.weight", "visual.positional_embedding", "ln_final.weight", "visual.proj"):
+    dims = {  # the tensors the architecture is read from, and their number of dimensions
+        "visual.conv1.weight": 4,
+        "visual.positional_embedding": 2,
+        "token_embedding.weight": 2,
+        "positional_embedding": 2,
+        "visual.proj": 2,
+        "text_projection": 2,
+        "transformer.resblocks.0.mlp.c_fc.weight": 2,
+        "visual.transformer.resblocks.0.mlp.c_fc.weight": 2,
+    }
+    for required, ndim in dims.items():
         if required not in keys:
             raise CheckpointError(f"OpenAI-layout checkpoint lacks {required}; keys seen: {sample_keys(sorted(keys))}")
+        if sd[required].ndim != ndim or 0 in sd[required].shape:
+            raise CheckpointError(
+                f"tensor {required} has shape {tuple(sd[required].shape)}; expected {ndim} non-zero sizes"
+            )
     vision_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     if grid * grid + 1 != sd["visual.positional_embedding"].shape[0]:
@@ -116,7 +130,8 @@ def config_from_openai(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
             f"visual.positional_embedding has {sd['visual.positional_embedding'].shape[0]} rows; expected a square "
             "grid of patches plus one class token"
         )
-    text_width = sd["ln_final.weight"].shape[0]
+    # The width is read from the token embedding, so a wrong ln_final (or any other tensor) is the one named.
+    text_width = sd["token_embedding.weight"].shape[1]
     text_layers = _count_blocks(keys, "transformer.resblocks.")
     vision_layers = _count_blocks(keys, "visual.transformer.resblocks.")
     if not text_layers or not vision_layers:

@@ -55,8 +55,17 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
         HubUnavailableError: The hub id is not cached and the hub cannot be reached.
     """
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    try:
+        path.stat()
         return path
+    except FileNotFoundError:
+        pass
+    except PermissionError as e:  # Path.exists() would call this "no such file"
+        raise PermissionError(f"{path}: permission denied (cannot look it up)") from e
+    except OSError as e:  # a symlink loop (ELOOP), a name too long, ...: a path, never a hub id
+        raise FileNotFoundError(f"{path}: {e.strerror}") from e
+    if path.is_symlink():
+        raise FileNotFoundError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist")
     name = str(name_or_path)
     if not is_hub_id(name):
         raise FileNotFoundError(f"{name}: no such file or directory, and not a Hugging Face hub id (org/name)")

@@ -9,12 +9,18 @@ Three containers reach us:
   weights-only loading refuses and ``torch.jit.load`` would compile and run. We read them with our own restricted
   unpickler that knows only tensors and turns every ``__torch__`` object into an inert record of its attributes;
   the TorchScript code in the archive is never looked at.
+
+A small hostile file must not cost more than its size suggests: zip entries must be stored uncompressed (torch
+never compresses what it writes) and pass their CRC check, every tensor must fit inside its own storage (no
+zero-stride views that expand on the first copy), and a TorchScript archive yields at most the tensor bytes it
+declares, from a module tree without cycles. ``docs/notes/hardening.md`` lists what is refused and why.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -40,14 +46,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             code to load.
     """
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except PermissionError as e:  # is_file() would call this "no such file"
+        raise PermissionError(f"{path}: permission denied") from e
+    except OSError as e:
+        raise FileNotFoundError(f"no checkpoint file at {path} ({e.strerror})") from e
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    size = path.stat().st_size
+        raise FileNotFoundError(f"{path} is not a file")
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes)")
 
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except PermissionError as e:
+        raise PermissionError(f"{path}: permission denied (cannot read it)") from e
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
         try:
             return load_safetensors(str(path))
@@ -56,13 +70,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"{path} ({size} bytes) is a safetensors file that is truncated or corrupt: {e}"
             ) from e
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if any(n.endswith("/constants.pkl") for n in names) or any("/code/" in n for n in names):
-                return _flatten_script_module(_read_torchscript(path, archive, names), path)
-        return _unwrap(_load_weights_only(path, size), path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if any(n.endswith("/constants.pkl") for n in names) or any("/code/" in n for n in names):
+                    # Only data.pkl and data/* are read; the TorchScript code (deflated) is never looked at.
+                    read = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl") or "/data/" in n]
+                    check_archive(archive, path, read)
+                    return _flatten_script_module(_read_torchscript(path, archive, names), path)
+                check_archive(archive, path, names)
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path} ({size} bytes) is a corrupt zip archive: {e}") from e
+        except (zipfile.LargeZipFile, EOFError, NotImplementedError, OSError) as e:
+            raise CheckpointError(f"{path} ({size} bytes) is a corrupt zip archive: {type(e).__name__}: {e}") from e
+        return _unwrap(_checked_views(_load_weights_only(path, size), path), path)
     if head[:1] == b"\x80":  # pickle protocol marker: torch.save's legacy (non-zip) format
-        return _unwrap(_load_weights_only(path, size), path)
+        return _unwrap(_checked_views(_load_weights_only(path, size), path), path)
     kind = "starts like a zip archive but has no readable central directory" if head[:2] == b"PK" else "is not"
     raise CheckpointError(
         f"{path} ({size} bytes) {kind} a torch checkpoint, a TorchScript archive or a safetensors file; "
@@ -70,17 +93,94 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     )
 
 
+def check_archive(archive: zipfile.ZipFile, path: Path, names: list[str]) -> None:
+    """Refuse compressed entries and entries whose CRC does not match among ``names`` (the entries to be read).
+
+    torch writes tensor data and pickles uncompressed (only a TorchScript archive's ``code/``, which we never read,
+    is deflated), so a compressed entry among them means the file was repacked; refusing it keeps a small file from
+    expanding into gigabytes. torch's own reader ignores CRCs; checking them costs one read of the file and catches
+    flipped bits that would otherwise load as silently wrong weights.
+
+    Raises:
+        CheckpointError: An entry is compressed or fails its CRC check (named).
+    """
+    for name in names:
+        info = archive.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: the zip entry {name} is compressed ({info.compress_size} bytes expanding to a declared "
+                f"{info.file_size}); torch never compresses checkpoint data, so the file was repacked and is refused "
+                "rather than expanded"
+            )
+        try:
+            with archive.open(info) as entry:  # zipfile raises BadZipFile at the end of an entry with a wrong CRC
+                while entry.read(1 << 22):
+                    pass
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: the zip entry {name} fails its CRC check; the file is corrupt") from e
+
+
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
+
+
 def _load_weights_only(path: Path, size: int) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler met a global it does not allow: the file wants to run code.
+        # torch's text advises weights_only=False, which would run the file's code: never pass it on.
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if refused:
+            raise CheckpointError(
+                f"{path} was refused, so no code in it ran: it names the Python object {refused.group(1)}, which is "
+                "not part of a tensor and would run code if loaded. Only weights are loaded from pickles."
+            ) from None
+        detail = _pickle_detail(e)
+        raise CheckpointError(f"{path} ({size} bytes): its pickle (data.pkl) is corrupt: {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, IndexError, KeyError, MemoryError) as e:
         raise CheckpointError(
-            f"{path} contains objects other than tensors and was refused, so no code in it ran. "
-            f"Only weights are loaded from pickles. Details: {str(e).splitlines()[0]}"
+            f"{path} ({size} bytes) could not be read; the file is truncated or corrupt: {str(e).splitlines()[0]}"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} ({size} bytes) could not be read; the file is truncated or corrupt: {e}") from e
+
+
+def _pickle_detail(error: Exception) -> str:
+    """The reason in torch's weights-only error, without its advice to load with ``weights_only=False``."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(error).__name__
+
+
+def _checked_views(obj: object, path: Path) -> object:
+    """Refuse tensors that reach past their storage or repeat it (a zero-stride view expands on the first copy)."""
+    tensors = obj.values() if isinstance(obj, dict) else ()
+    for value in list(tensors):
+        if isinstance(value, dict):
+            _checked_views(value, path)
+        elif isinstance(value, torch.Tensor):
+            _check_view(
+                value.shape,
+                value.stride(),
+                value.storage_offset(),
+                value.untyped_storage().nbytes() // max(value.element_size(), 1),
+                path,
+            )
+    return obj
+
+
+def _check_view(size: tuple, stride: tuple, offset: int, storage_numel: int, path: Path) -> None:
+    """A tensor view must lie inside its storage and not address more elements than the storage holds."""
+    if not all(isinstance(n, int) and n >= 0 for n in (*size, *stride, offset)) or len(size) != len(stride):
+        raise CheckpointError(f"{path}: a tensor has an invalid shape {size} / stride {stride}; the file is corrupt")
+    numel = 1
+    for n in size:
+        numel *= n
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if numel else offset - 1
+    if numel > storage_numel or last >= storage_numel:
+        raise CheckpointError(
+            f"{path}: a tensor of shape {tuple(size)} (stride {tuple(stride)}) addresses more than its storage of "
+            f"{storage_numel} elements; the file is corrupt or forged to expand in memory"
+        )
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -126,22 +226,25 @@ class _ScriptObject:
             self.attributes = state
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: object) -> torch.Tensor:
-    return torch.as_strided(storage, size, stride, offset).clone()
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Knows tensors, ordered dicts and inert ``__torch__`` records; refuses every other global."""
+    """Knows tensors, ordered dicts and inert ``__torch__`` records; refuses every other global.
+
+    Each storage is read once, and the tensors built from them may not add up to more bytes than the archive's
+    storages hold, so a small archive cannot make us allocate more than its own size.
+    """
 
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: Path):
         super().__init__(file)
         self._archive, self._prefix, self._path = archive, prefix, path
+        self._storages: dict[str, torch.Tensor] = {}
+        data = f"{prefix}data/"
+        self._budget = sum(i.file_size for i in archive.infolist() if i.filename.startswith(data))
 
     def find_class(self, module: str, name: str) -> object:
         if module == "__torch__" or module.startswith("__torch__."):
             return _ScriptObject
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
+            return self._rebuild_tensor
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -151,16 +254,39 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "only tensors are read, so no code in it ran"
         )
 
-    def persistent_load(self, pid: tuple) -> torch.Tensor:
-        kind, dtype, key, _location, numel = pid
-        if kind != "storage" or not isinstance(dtype, torch.dtype):
-            raise CheckpointError(f"{self._path}: unexpected persistent record {kind!r} in a TorchScript archive")
-        data = self._archive.read(f"{self._prefix}data/{key}")
-        if len(data) != numel * dtype.itemsize:
+    def _rebuild_tensor(self, storage: object, offset: object, size: object, stride: object, *_: object):
+        if not isinstance(storage, torch.Tensor) or not isinstance(size, tuple) or not isinstance(stride, tuple):
+            raise CheckpointError(f"{self._path}: a tensor record in the TorchScript archive is corrupt")
+        _check_view(size, stride, offset, storage.numel(), self._path)
+        nbytes = storage.element_size()
+        for n in size:
+            nbytes *= n
+        self._budget -= nbytes
+        if self._budget < 0:
             raise CheckpointError(
-                f"{self._path}: tensor storage {key} has {len(data)} bytes, expected {numel * dtype.itemsize}"
+                f"{self._path}: the TorchScript archive's tensors add up to more bytes than its storages hold; "
+                "it is corrupt or forged to expand in memory"
             )
-        return torch.frombuffer(bytearray(data), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        return torch.as_strided(storage, size, stride, offset).clone()
+
+    def persistent_load(self, pid: tuple) -> torch.Tensor:
+        if not isinstance(pid, tuple) or len(pid) != 5:
+            raise CheckpointError(f"{self._path}: unexpected persistent record in a TorchScript archive")
+        kind, dtype, key, _location, numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or numel < 0:
+            raise CheckpointError(f"{self._path}: unexpected persistent record {kind!r} in a TorchScript archive")
+        name = f"{self._prefix}data/{key}"
+        if name in self._storages:
+            return self._storages[name]
+        declared = self._archive.getinfo(name).file_size  # KeyError for a missing record: reported as corrupt
+        if declared != numel * dtype.itemsize:
+            raise CheckpointError(
+                f"{self._path}: tensor storage {key} has {declared} bytes, expected {numel * dtype.itemsize}"
+            )
+        data = self._archive.read(name)
+        storage = torch.frombuffer(bytearray(data), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        self._storages[name] = storage
+        return storage
 
 
 def _read_torchscript(path: Path, archive: zipfile.ZipFile, names: list[str]) -> object:
@@ -173,8 +299,20 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile, names: list[str]) ->
             return _RestrictedUnpickler(f, archive, prefix, path).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, KeyError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt TorchScript archive: {e}") from e
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+        MemoryError,
+        RuntimeError,
+    ) as e:
+        raise CheckpointError(f"{path}: corrupt TorchScript archive: {type(e).__name__}: {e}") from e
 
 
 def _flatten_script_module(root: object, path: Path) -> dict[str, torch.Tensor]:
@@ -183,12 +321,19 @@ def _flatten_script_module(root: object, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: the TorchScript archive does not hold a module")
     flat: dict[str, torch.Tensor] = {}
     stack: list[tuple[str, _ScriptObject]] = [("", root)]
+    seen: set[int] = {id(root)}  # a record met twice (a cycle, or shared) would make the walk endless or exponential
     while stack:
         prefix, node = stack.pop()
         for name, value in node.attributes.items():
             if isinstance(value, torch.Tensor):
-                flat[prefix + name] = value
+                flat[prefix + str(name)] = value
             elif isinstance(value, _ScriptObject):
+                if id(value) in seen:
+                    raise CheckpointError(
+                        f"{path}: the TorchScript archive's module {prefix}{name} refers back to a module already "
+                        "read (a cycle); the archive is corrupt or forged"
+                    )
+                seen.add(id(value))
                 stack.append((f"{prefix}{name}.", value))
     if not flat:
         raise CheckpointError(f"{path}: the TorchScript archive holds no tensors")

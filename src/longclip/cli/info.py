@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "keep_rows": checkpoint.keep_rows,
         "parameters": counts,
         "stored_dtype": ", ".join(checkpoint.stored_dtypes) or None,
+        "auto_dtype": _auto_dtype(),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -117,11 +118,22 @@ def run(args: argparse.Namespace) -> int:
             f"({counts['total']:,})",
         ),
         ("stored dtype", info["stored_dtype"] or "unknown"),
+        ("dtype auto here", "{dtype} ({reason})".format(**info["auto_dtype"])),
     ]
     width = max(len(key) for key, _ in lines) + 1
     for key, value in lines:
         print(f"{key + ':':<{width}} {value}")
     return 0
+
+
+def _auto_dtype() -> dict[str, str]:
+    """What ``dtype="auto"`` loads this model in on this machine (its default device), and why."""
+    import torch
+
+    from ..precision import choose_dtype
+
+    choice = choose_dtype("cuda" if torch.cuda.is_available() else "cpu")
+    return {"dtype": choice.name, "reason": choice.reason}
 
 
 def _describe_family(args: argparse.Namespace, source: Any, model: Any) -> int:
@@ -138,6 +150,7 @@ def _describe_family(args: argparse.Namespace, source: Any, model: Any) -> int:
         "text": source.config.get("text_config"),
         "parameters": counts,
         "stored_dtype": ", ".join(source.stored_dtypes) or None,
+        "auto_dtype": _auto_dtype(),
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -152,6 +165,7 @@ def _describe_family(args: argparse.Namespace, source: Any, model: Any) -> int:
         *((key.replace("_", " "), str(value)) for key, value in text.items() if key != "context_length"),
         ("parameters", ", ".join(f"{_count(n)} {tower}" for tower, n in counts.items()) + f" ({counts['total']:,})"),
         ("stored dtype", info["stored_dtype"] or "unknown"),
+        ("dtype auto here", "{dtype} ({reason})".format(**info["auto_dtype"])),
     ]
     width = max(len(key) for key, _ in lines) + 1
     for key, value in lines:

@@ -10,8 +10,10 @@ reads without this package.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from pathlib import Path
+import re
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -21,11 +23,12 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
+from ..atomic import atomic_directory
 from ..errors import CheckpointError
 from ..images import ImageTransform
 from ..positions import keep_positions_of, stretch_clip
 from ..processing import LongCLIPProcessor
-from ..tokenizer import EOT_ID, VOCAB_SIZE, LongCLIPTokenizer, get_tokenizer
+from ..tokenizer import VOCAB_SIZE, LongCLIPTokenizer, clip_end_positions, get_tokenizer
 from .base import DTypeName, DualEncoder, check_state_dict, quiet_transformers_progress
 
 if TYPE_CHECKING:
@@ -130,21 +133,10 @@ class LongCLIPModel(DualEncoder):
         to its longest text before the transformer runs: the text tower is causal and pools the end token, so
         positions after it never influence the result, and skipping them is pure savings.
         """
-        tokens = input_ids
-        if tokens.ndim != 2:
-            raise ValueError(f"expected token ids of shape [batch, length], got {tuple(tokens.shape)}")
-        if attention_mask is not None and attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(tokens.shape)}")
-        if tokens.shape[0] == 0:
+        end = clip_end_positions(input_ids, attention_mask, self.context_length)
+        if input_ids.shape[0] == 0:
             return torch.empty(0, self.embed_dim, device=self.device, dtype=self.dtype)
-        is_end = tokens == EOT_ID
-        if not bool(is_end.any(dim=1).all()):
-            row = int((~is_end.any(dim=1)).nonzero()[0])
-            raise ValueError(f"token row {row} has no end-of-text token ({EOT_ID}); tokenize with longclip.tokenize")
-        length = int(is_end.int().argmax(dim=1).max()) + 1
-        if length > self.context_length:
-            raise ValueError(f"texts of {length} tokens do not fit this model's context of {self.context_length}")
-        tokens = tokens[:, :length].to(self.device)
+        tokens = input_ids[:, : int(end.max()) + 1].to(self.device)
         features = self.clip.get_text_features(input_ids=tokens).pooler_output
         return F.normalize(features, dim=-1) if normalize else features
 
@@ -171,7 +163,12 @@ class LongCLIPModel(DualEncoder):
             clip = build_clip(checkpoint.config, checkpoint.state_dict, checkpoint.path)
         transform = None
         if checkpoint.directory is not None:
-            transform = ImageTransform.from_directory(checkpoint.directory, clip.config.vision_config.image_size)
+            image_size = clip.config.vision_config.image_size
+            try:
+                transform = ImageTransform.from_directory(checkpoint.directory, image_size)
+            except (ValueError, TypeError, KeyError, OSError) as e:
+                raise CheckpointError(f"{checkpoint.directory}: unusable preprocessor_config.json: {e}") from e
+            check_preprocessing(transform, image_size, checkpoint.directory)
         return cls(clip, transform)
 
     @classmethod
@@ -198,10 +195,14 @@ class LongCLIPModel(DualEncoder):
         return load_model(name_or_path, device=device, dtype=dtype, revision=revision, expect=cls)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write a transformers CLIP directory: safetensors weights, config, tokenizer and preprocessor files."""
-        with quiet_transformers_progress():
-            self.clip.save_pretrained(Path(directory))
-        self.processor.save_pretrained(directory)
+        """Write a transformers CLIP directory: safetensors weights, config, tokenizer and preprocessor files.
+
+        Everything is written to a temporary directory first and moved in once complete, so a failed save (a full
+        disk) leaves the previous output whole and raises ``OSError`` saying so.
+        """
+        with atomic_directory(directory) as temporary, quiet_transformers_progress():
+            self.clip.save_pretrained(temporary)
+            self.processor.save_pretrained(temporary)
 
 
 def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], where: object) -> CLIPModel:
@@ -210,17 +211,177 @@ def build_clip(config: dict | CLIPConfig, state_dict: dict[str, torch.Tensor], w
     Every name and shape is checked first against the model the config describes (built on the meta device, so
     nothing is allocated), so a bad checkpoint fails with a message naming the tensor.
     """
+    if isinstance(config, dict):
+        # Checked before anything is built (100000 layers took minutes, even on meta) or validated by transformers
+        # (whose checks end in ZeroDivisionError or multi-line tracebacks).
+        check_clip_config(_with_defaults(config), state_dict, where)
     try:
         config = clip_config(config)
-    except (ValueError, TypeError, KeyError, StrictDataclassError) as e:
-        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {e}") from e
+    except (ValueError, TypeError, KeyError, ZeroDivisionError, StrictDataclassError) as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{where}: the config is not a valid CLIP config: {reason}") from e
+    check_clip_config(config, state_dict, where)
     # Older transformers saved the position ids buffer; it is recomputed, never read.
-    state_dict = {
-        k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if not k.endswith("position_ids")
-    }
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
     with torch.device("meta"):
         expected = CLIPModel(config).state_dict()
     check_state_dict(expected, state_dict, where)
+    not_float = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state_dict.items() if not v.is_floating_point()
+    ]
+    if not_float:
+        raise CheckpointError(
+            f"{where}: CLIP weights must be floating point; these are not (they would be cast silently): "
+            f"{', '.join(not_float[:6])}{' ...' if len(not_float) > 6 else ''}"
+        )
+    state_dict = {k: v.float() for k, v in state_dict.items()}
     with quiet_transformers_progress():
         model = CLIPModel.from_pretrained(None, config=config, state_dict=state_dict, attn_implementation="sdpa")
     return model.float().eval()
+
+
+def _with_defaults(config: dict) -> SimpleNamespace:
+    """A config dict as attributes, transformers' defaults filling what it leaves out (nothing validated yet)."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    def tower(defaults: dict, given: object) -> SimpleNamespace:
+        return SimpleNamespace(**{**defaults, **(given if isinstance(given, dict) else {})})
+
+    top = {"projection_dim": 512, "logit_scale_init_value": 2.6592, **config}
+    top["text_config"] = tower(_DEFAULTS.setdefault("text", CLIPTextConfig().to_dict()), config.get("text_config"))
+    top["vision_config"] = tower(
+        _DEFAULTS.setdefault("vision", CLIPVisionConfig().to_dict()), config.get("vision_config")
+    )
+    return SimpleNamespace(**top)
+
+
+_DEFAULTS: dict[str, dict] = {}
+
+
+def check_clip_config(
+    config: CLIPConfig | SimpleNamespace, state_dict: dict[str, torch.Tensor], where: object
+) -> None:
+    """Check a CLIP config's numbers, and against the weights, before anything is built.
+
+    Raises:
+        CheckpointError: Naming the config field, its value and what was expected (or what the weights hold).
+    """
+    from transformers.activations import ACT2FN
+
+    def fail(field: str, value: object, expected: str) -> None:
+        raise CheckpointError(
+            f"{where}: the config is not a valid CLIP config: field {field} is {value!r}; expected {expected}"
+        )
+
+    def weight_dim(name: str, dim: int) -> int | None:
+        tensor = state_dict.get(name)
+        return int(tensor.shape[dim]) if tensor is not None and tensor.ndim > dim else None
+
+    for tower_name in ("text_config", "vision_config"):
+        tower = getattr(config, tower_name)
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(tower, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                fail(f"{tower_name}.{name}", value, "a positive integer")
+        if tower.hidden_size % tower.num_attention_heads:
+            fail(
+                f"{tower_name}.num_attention_heads",
+                tower.num_attention_heads,
+                f"a divisor of hidden_size {tower.hidden_size}",
+            )
+        eps = tower.layer_norm_eps
+        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
+            fail(f"{tower_name}.layer_norm_eps", eps, "a finite number between 0 and 1")
+        for name in ("attention_dropout", "dropout"):
+            value = getattr(tower, name, 0.0)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                fail(f"{tower_name}.{name}", value, "a number in [0, 1)")
+        if tower.hidden_act not in ACT2FN:
+            fail(f"{tower_name}.hidden_act", tower.hidden_act, f"one of {', '.join(sorted(ACT2FN))}")
+        prefix = "text_model" if tower_name == "text_config" else "vision_model"
+        pattern = re.compile(rf"{prefix}\.encoder\.layers\.(\d+)\.")
+        layers = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
+        if state_dict and len(layers) != tower.num_hidden_layers:
+            fail(
+                f"{tower_name}.num_hidden_layers",
+                tower.num_hidden_layers,
+                f"{len(layers)}, the layers the weights hold",
+            )
+        fc1 = weight_dim(f"{prefix}.encoder.layers.0.mlp.fc1.weight", 0)
+        if fc1 is not None and fc1 != tower.intermediate_size:
+            fail(f"{tower_name}.intermediate_size", tower.intermediate_size, f"{fc1}, the weights' MLP width")
+
+    text, vision = config.text_config, config.vision_config
+    for field, value in (
+        ("text_config.vocab_size", text.vocab_size),
+        ("text_config.max_position_embeddings", text.max_position_embeddings),
+        ("vision_config.patch_size", vision.patch_size),
+        ("vision_config.image_size", vision.image_size),
+        ("projection_dim", config.projection_dim),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            fail(field, value, "a positive integer")
+    if vision.image_size % vision.patch_size:
+        fail("vision_config.image_size", vision.image_size, f"a multiple of patch_size {vision.patch_size}")
+    if getattr(vision, "num_channels", 3) != 3:
+        fail("vision_config.num_channels", vision.num_channels, "3 (RGB)")
+    scale = config.logit_scale_init_value
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        fail("logit_scale_init_value", scale, "a finite number")
+    grid = (vision.image_size // vision.patch_size) ** 2 + 1
+    for field, value, name, dim, what in (
+        ("text_config.vocab_size", text.vocab_size, "text_model.embeddings.token_embedding.weight", 0, "rows"),
+        ("text_config.hidden_size", text.hidden_size, "text_model.embeddings.token_embedding.weight", 1, "columns"),
+        (
+            "text_config.max_position_embeddings",
+            text.max_position_embeddings,
+            "text_model.embeddings.position_embedding.weight",
+            0,
+            "rows",
+        ),
+        (
+            "vision_config.hidden_size",
+            vision.hidden_size,
+            "vision_model.embeddings.patch_embedding.weight",
+            0,
+            "filters",
+        ),
+        ("vision_config.patch_size", vision.patch_size, "vision_model.embeddings.patch_embedding.weight", 2, "pixels"),
+        (
+            "vision_config.image_size",
+            vision.image_size,
+            "vision_model.embeddings.position_embedding.weight",
+            0,
+            "rows",
+        ),
+        ("projection_dim", config.projection_dim, "text_projection.weight", 0, "rows"),
+    ):
+        held = weight_dim(name, dim)
+        if field == "vision_config.image_size":
+            if held is not None and held != grid:
+                fail(field, value, f"a size that gives {held} position rows with patch_size {vision.patch_size}")
+        elif held is not None and held != value:
+            fail(field, value, f"{held}, as the weights' {name} has {held} {what}")
+
+
+def check_preprocessing(transform: ImageTransform, image_size: int, where: object) -> None:
+    """The saved preprocessing must produce the model's image size, resizing no further than twice that.
+
+    A preprocessor ``size`` / ``crop_size`` of 100000 would make every image gigabytes before the model saw it.
+
+    Raises:
+        CheckpointError: Naming the field, its value and the model's image size.
+    """
+    if transform.image_size != image_size:
+        raise CheckpointError(
+            f"{where}: preprocessor_config.json produces {transform.image_size}-pixel images (crop_size), but the "
+            f"model's image tower takes {image_size} (vision_config.image_size)"
+        )
+    size = getattr(transform.image_processor, "size", None) or {}
+    for key in ("shortest_edge", "height", "width", "longest_edge"):
+        value = size.get(key) if hasattr(size, "get") else None
+        if value is not None and (not isinstance(value, int) or not 0 < value <= 2 * image_size):
+            raise CheckpointError(
+                f"{where}: preprocessor_config.json resizes to size.{key} = {value!r}; expected a positive size of "
+                f"at most {2 * image_size}, twice the model's image size {image_size}"
+            )

@@ -40,7 +40,13 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 from ..errors import CheckpointError
 from ..images import ImageTransform
 from ..processing import LongCLIPProcessor
-from ..tokenizer import DEFAULT_CONTEXT_LENGTH, EOT_ID, VOCAB_SIZE, LongCLIPTokenizer, get_tokenizer
+from ..tokenizer import (
+    DEFAULT_CONTEXT_LENGTH,
+    VOCAB_SIZE,
+    LongCLIPTokenizer,
+    clip_end_positions,
+    get_tokenizer,
+)
 from .base import DualEncoder, check_state_dict
 
 if TYPE_CHECKING:
@@ -340,22 +346,10 @@ class TulipModel(DualEncoder):
         Pools the first end token of each row (the mask is not needed; checked for shape when given). The batch is
         cut after its longest text: attention is causal, so later positions never reach the pooled token.
         """
-        tokens = input_ids
-        if tokens.ndim != 2:
-            raise ValueError(f"expected token ids of shape [batch, length], got {tuple(tokens.shape)}")
-        if attention_mask is not None and attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(tokens.shape)}")
-        if tokens.shape[0] == 0:
+        end = clip_end_positions(input_ids, attention_mask, self.context_length)
+        if input_ids.shape[0] == 0:
             return torch.empty(0, self.embed_dim, device=self.device, dtype=self.dtype)
-        is_end = tokens == EOT_ID
-        if not bool(is_end.any(dim=1).all()):
-            row = int((~is_end.any(dim=1)).nonzero()[0])
-            raise ValueError(f"token row {row} has no end-of-text token ({EOT_ID}); tokenize with longclip.tokenize")
-        end = is_end.int().argmax(dim=1)
-        length = int(end.max()) + 1
-        if length > self.context_length:
-            raise ValueError(f"texts of {length} tokens do not fit this model's context of {self.context_length}")
-        tokens = tokens[:, :length].to(self.device)
+        tokens = input_ids[:, : int(end.max()) + 1].to(self.device)
         features = self.text_projection(self.text_model(tokens, end.to(self.device)))
         return F.normalize(features, dim=-1) if normalize else features
 
