@@ -87,6 +87,13 @@ def test_a_task_registered_outside_the_package_trains_with_fit_and_reloads(data,
     result = evaluate(trained, "folder", data / "classes", templates=["a {} picture"], model_name="toy")
     assert result["dataset"] == "folder" and 0.0 <= result["acc1"] <= 1.0 and result["model"] == "toy"
 
+    # the CLI talks to a family only through the tokenizer protocol (this tokenizer has no count_tokens)
+    from longclip.cli import main
+
+    assert not hasattr(trained.tokenizer, "count_tokens")
+    labels = ["--label", "a red picture", "--label", " ".join(["a blue picture"] * 10)]  # the second past 12 tokens
+    assert main(["classify", str(data / "0.png"), "--model", summary["model"], *labels, "--device", "cpu"]) == 0
+
 
 def _free_port() -> int:
     with socket.socket() as s:

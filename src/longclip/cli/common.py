@@ -328,7 +328,7 @@ def note_long_texts(model: Any, texts: list[str], mode: str) -> None:
     """Warn when texts will be truncated (the default), since the end of a long label then does not count."""
     if mode != "truncate":
         return
-    long = sum(n > model.context_length for n in model.tokenizer.count_tokens(texts))
+    long = sum(len(ids) > model.context_length for ids in model.tokenizer.encode(texts))  # the protocol's own
     if long:
         logger.warning(
             "%d of %d texts are longer than the model's %d-token context and were truncated "
