@@ -211,38 +211,88 @@ def test_save_and_reload_is_bit_exact(tmp_path):
 # --- the released open_clip layout ----------------------------------------------------------------------------------
 
 
-def _fake_tulip_checkpoint(cope: bool = False, width: int = 64, layers: int = 2) -> dict[str, torch.Tensor]:
-    """Random tensors under the names and shapes of TULIP's open_clip checkpoints (one 64-wide head per layer)."""
+def _fake_tulip_checkpoint(cope: bool = False, width: int = 128, layers: int = 2) -> dict[str, torch.Tensor]:
+    """Random tensors under the names and shapes of TULIP's open_clip checkpoints (64-wide heads, 2 per layer).
+
+    The values are small (LayerNorm gains near 1), so a forward pass stays in a well-conditioned range.
+    """
     g = torch.Generator().manual_seed(0)
 
     def r(*shape):
-        return torch.randn(*shape, generator=g)
+        return 0.1 * torch.randn(*shape, generator=g)
 
-    sd = {"token_embedding.weight": r(49408, width), "ln_final.weight": r(width), "ln_final.bias": r(width),
+    def gain(n):
+        return 1 + r(n)
+
+    sd = {"token_embedding.weight": r(49408, width), "ln_final.weight": gain(width), "ln_final.bias": r(width),
           "text_projection": r(width, 16), "logit_scale": torch.tensor(4.2)}  # fmt: skip
     vision = {"visual.class_embedding": r(width), "visual.conv1.weight": r(width, 3, 8, 8),
-              "visual.positional_embedding": r(17, width), "visual.ln_pre.weight": r(width),
-              "visual.ln_pre.bias": r(width), "visual.ln_post.weight": r(width), "visual.ln_post.bias": r(width),
+              "visual.positional_embedding": r(17, width), "visual.ln_pre.weight": gain(width),
+              "visual.ln_pre.bias": r(width), "visual.ln_post.weight": gain(width), "visual.ln_post.bias": r(width),
               "visual.proj": r(width, 16)}  # fmt: skip
     sd.update(vision)
     for prefix in ("transformer.resblocks.", "visual.transformer.resblocks."):
         for i in range(layers):
             b = f"{prefix}{i}."
             sd.update({
-                b + "ln_1.weight": r(width), b + "ln_1.bias": r(width),
+                b + "ln_1.weight": gain(width), b + "ln_1.bias": r(width),
                 b + "attn.in_proj_weight": r(3 * width, width), b + "attn.in_proj_bias": r(3 * width),
                 b + "attn.out_proj.weight": r(width, width), b + "attn.out_proj.bias": r(width),
-                b + "ln_2.weight": r(width), b + "ln_2.bias": r(width),
+                b + "ln_2.weight": gain(width), b + "ln_2.bias": r(width),
                 b + "mlp.c_fc.weight": r(4 * width, width), b + "mlp.c_fc.bias": r(4 * width),
                 b + "mlp.c_proj.weight": r(width, 4 * width), b + "mlp.c_proj.bias": r(width),
             })  # fmt: skip
             if cope and prefix == "transformer.resblocks.":
                 sd.update({
-                    b + "attn.q_norm.weight": r(64), b + "attn.q_norm.bias": r(64),
-                    b + "attn.k_norm.weight": r(64), b + "attn.k_norm.bias": r(64),
-                    b + "attn.cope.pos_emb": r(1, 64, 32),
+                    b + "attn.q_norm.weight": gain(64), b + "attn.q_norm.bias": r(64),
+                    b + "attn.k_norm.weight": gain(64), b + "attn.k_norm.bias": r(64),
+                    b + "attn.cope.pos_emb": 10 * r(1, 64, 32),
                 })  # fmt: skip
     return sd
+
+
+def _tulip_text_reference(sd: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """TULIP's rotary text tower written out from its open_clip state dict (``TextTransformerRoPE``), float64.
+
+    Token embedding, pre-LN blocks whose attention splits ``in_proj`` into q, k, v and then heads, rotates q and k
+    as complex numbers of ADJACENT channel pairs (``view_as_complex(x.reshape(..., -1, 2))``) by
+    ``polar(1, position * theta^(-2i/d))``, theta 10000, then causal softmax attention with ``q * d^-0.5``; MLP with
+    exact GELU (open_clip's default activation, which TULIP's text tower uses); ``ln_final``; the end token (the
+    largest id) pooled; ``@ text_projection``.
+    """
+    sd = {k: v.double() for k, v in sd.items()}
+    n, length = ids.shape
+    x = sd["token_embedding.weight"][ids]
+    width = x.shape[-1]
+    heads, d = width // 64, 64
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), freqs)
+    cis = torch.polar(torch.ones_like(angles), angles)
+    mask = torch.full((length, length), -math.inf, dtype=torch.float64).triu(1)
+
+    def ln(t, name):
+        return torch.nn.functional.layer_norm(t, (t.shape[-1],), sd[name + ".weight"], sd[name + ".bias"], 1e-5)
+
+    def rotate(t):  # [N, L, heads, d]
+        z = torch.view_as_complex(t.reshape(*t.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(z * cis[None, :, None, :]).flatten(3)
+
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("transformer.resblocks."))
+    for i in range(layers):
+        b = f"transformer.resblocks.{i}."
+        h = ln(x, b + "ln_1")
+        q, k, v = (h @ sd[b + "attn.in_proj_weight"].T + sd[b + "attn.in_proj_bias"]).chunk(3, dim=-1)
+        q, k, v = (t.reshape(n, length, heads, d) for t in (q, k, v))
+        q, k = rotate(q), rotate(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [N, heads, L, d]
+        attn = ((q * d**-0.5) @ k.transpose(-1, -2) + mask).softmax(-1)
+        out = (attn @ v).transpose(1, 2).reshape(n, length, width)
+        x = x + out @ sd[b + "attn.out_proj.weight"].T + sd[b + "attn.out_proj.bias"]
+        h = ln(x, b + "ln_2")
+        h = torch.nn.functional.gelu(h @ sd[b + "mlp.c_fc.weight"].T + sd[b + "mlp.c_fc.bias"])
+        x = x + h @ sd[b + "mlp.c_proj.weight"].T + sd[b + "mlp.c_proj.bias"]
+    x = ln(x, "ln_final")
+    return x[torch.arange(n), ids.argmax(dim=-1)] @ sd["text_projection"]
 
 
 def _save_open_clip(sd: dict[str, torch.Tensor], path) -> None:
@@ -272,11 +322,15 @@ def test_released_tulip_checkpoint_converts_tensor_by_tensor(tmp_path, cope):
         "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
         "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
     }
+    assert text["num_attention_heads"] == 2 and text["hidden_act"] == "gelu"
+    assert checkpoint.config["vision_config"]["hidden_act"] == "quick_gelu"
     for tower, src in (("text_model", "transformer.resblocks."), ("vision_model", "visual.transformer.resblocks.")):
         for i in range(2):
             dst, b = f"{tower}.encoder.layers.{i}.", f"{src}{i}."
             q, k, v = sd[b + "attn.in_proj_weight"].chunk(3)
             qb, kb, vb = sd[b + "attn.in_proj_bias"].chunk(3)
+            if tower == "text_model" and not cope:  # per head: rows 0, 2, 4, ... then 1, 3, 5, ...
+                q, k, qb, kb = (t.reshape(2, 32, 2, -1).transpose(1, 2).reshape(t.shape) for t in (q, k, qb, kb))
             expected.update({
                 dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k,
                 dst + "self_attn.v_proj.weight": v, dst + "self_attn.q_proj.bias": qb,
@@ -302,6 +356,28 @@ def test_released_tulip_checkpoint_converts_tensor_by_tensor(tmp_path, cope):
     assert isinstance(model, TulipModel) and model.context_length == 248
     assert set(model.state_dict()) == set(out)
     assert torch.isfinite(model.embed_texts(["a long caption. " * 40])).all()
+
+
+def test_released_rotary_checkpoint_gives_tulips_own_text_features(tmp_path):
+    """Loaded through longclip.load, a TULIP file embeds texts as TULIP's code does (interleaved rotary pairs)."""
+    sd = _fake_tulip_checkpoint()
+    _save_open_clip(sd, tmp_path / "tulip.pt")
+    model, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
+    texts = ["a red square above a blue circle.", _long_text(150), "green"]
+    ids = model.tokenizer.batch(texts).input_ids
+    expected = _tulip_text_reference(sd, ids).float()
+    with torch.no_grad():
+        ours = model.encode_text(ids)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    # Without the q/k reordering (rotate_half applied to TULIP's own row order) the features differ: not vacuous.
+    layer = model.text_model.encoder.layers[0].self_attn
+    with torch.no_grad():
+        for proj in (layer.q_proj, layer.k_proj):
+            b = "transformer.resblocks.0.attn.in_proj_"
+            index = 0 if proj is layer.q_proj else 1
+            proj.weight.copy_(sd[b + "weight"].chunk(3)[index])
+            proj.bias.copy_(sd[b + "bias"].chunk(3)[index])
+        assert not torch.allclose(model.encode_text(ids), expected, atol=1e-3)
 
 
 def test_a_misshapen_released_tensor_is_named(tmp_path):

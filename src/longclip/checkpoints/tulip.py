@@ -8,6 +8,16 @@ The rotary frequencies are not stored: the config records TULIP's base (10000) a
 CoPE variant adds per layer ``attn.q_norm``, ``attn.k_norm`` (LayerNorms over a head) and ``attn.cope.pos_emb``
 (``[1, head_dim, npos_max]``).
 
+TULIP's text tower (``TextTransformerRoPE`` / ``TextTransformerCoPE`` in its ``open_clip``) is built with open_clip's
+default activation, exact GELU, not OpenAI CLIP's quick-GELU (its weights start from OpenAI CLIP's, then train
+under GELU); the vision tower stays OpenAI CLIP's, quick-GELU.
+
+TULIP's rotary embedding pairs a head's channels as interleaved neighbours, ``(0, 1), (2, 3), ...`` (complex numbers
+``x[2i] + i x[2i+1]`` rotated by ``position * theta^(-2i/d)``); ours, transformers' ``rotate_half``, pairs channel
+``i`` with ``i + d/2`` at the same frequency. The conversion therefore reorders the q and k rows (weights and biases)
+of every head to ``[0, 2, 4, ..., d-2, 1, 3, ..., d-1]``: rotating the reordered projections half-split gives exactly
+TULIP's rotated q and k, reordered the same way, so every q . k, and so the attention, is unchanged.
+
 The shared part is converted by the OpenAI converter (``convert.openai_to_hf``), given a placeholder position table
 that is dropped again, so both layouts are read by one piece of code and every shape is checked there.
 """
@@ -74,7 +84,7 @@ def convert_tulip_open_clip(
 
     text = {
         "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_act": tc.hidden_act,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_act": "gelu",
         "layer_norm_eps": tc.layer_norm_eps, "context_length": context_length, "position_encoding": "rope",
         "rope_theta": TULIP_ROPE_THETA, "rope_scaling": None,
     }  # fmt: skip
@@ -94,6 +104,12 @@ def convert_tulip_open_clip(
                     )
                 converted[f"text_model.encoder.layers.{layer}.{_COPE_PARTS[part]}"] = tensor
         text.update(position_encoding="cope", cope_positions=npos)
+    else:
+        for layer in range(layers):
+            for proj in ("q_proj", "k_proj"):
+                for kind in ("weight", "bias"):
+                    name = f"text_model.encoder.layers.{layer}.self_attn.{proj}.{kind}"
+                    converted[name] = interleaved_to_half(converted[name], heads)
     # Everything else already has our names: the tulip layout is transformers' CLIP layout minus the table.
     vision = config.vision_config.to_dict()
     tulip = {
@@ -103,6 +119,18 @@ def convert_tulip_open_clip(
         "projection_dim": config.projection_dim,
     }
     return tulip, converted
+
+
+def interleaved_to_half(rows: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder a projection's output rows (``[heads * d, ...]``) from interleaved rotary pairs to half-split pairs.
+
+    Within each head the new order is ``[0, 2, ..., d-2, 1, 3, ..., d-1]``: the pair ``(2i, 2i+1)`` that TULIP rotates
+    together becomes ``(i, i + d/2)``, the pair ``rotate_half`` rotates together at the same frequency.
+    """
+    head_dim = rows.shape[0] // heads
+    order = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    index = (torch.arange(heads)[:, None] * head_dim + order).reshape(-1)
+    return rows[index].contiguous()
 
 
 def _shape(tensors: Mapping[str, torch.Tensor], name: str, ndim: int) -> tuple[int, ...]:
