@@ -11,7 +11,7 @@ from conftest import tiny_clip
 import longclip
 from longclip.checkpoints import CheckpointError, read_checkpoint
 from longclip.models import LongCLIPModel, TulipModel, tulip_from_clip
-from longclip.models.tulip import TulipAttention, TulipTextConfig, rotary_inverse_frequencies
+from longclip.models.tulip import TulipAttention, TulipConfig, TulipTextConfig, rotary_inverse_frequencies
 
 WORDS = "red green blue square circle big small left right above below shiny dull striped dotted".split()
 
@@ -111,8 +111,10 @@ def test_dynamic_ntk_rescales_the_base_as_written_and_is_saved_with_the_model(tm
 # --- CoPE -----------------------------------------------------------------------------------------------------------
 
 
-def test_cope_attention_equals_a_direct_reference():
-    text = _text_config(hidden_size=8, num_attention_heads=2, position_encoding="cope", cope_positions=3)
+@pytest.mark.parametrize("formulation", ["tulip", "paper"])
+def test_cope_attention_equals_a_direct_reference(formulation):
+    text = _text_config(hidden_size=8, num_attention_heads=2, position_encoding="cope", cope_positions=3,
+                        cope_formulation=formulation)  # fmt: skip
     attention = TulipAttention(text)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -122,26 +124,41 @@ def test_cope_attention_equals_a_direct_reference():
     x = torch.randn(1, 5, 8)
     out = attention(x, None, None)
 
-    # Reference, one query and key at a time (Golovneva et al. 2024, with TULIP's q/k LayerNorms).
+    # Reference, one query and key at a time, with TULIP's q/k LayerNorms. TULIP's AttentionCoPE scales q by d^-0.5,
+    # divides q . k by sqrt(d) again, gates on those logits and takes the table logits with the scaled q; the
+    # paper (Golovneva et al. 2024) leaves q unscaled: logits q . k / sqrt(d), table logits q . e.
     h, d, n, table = 2, 4, 5, attention.cope_positions[0]
     q = attention.q_norm(attention.q_proj(x).view(n, h, d))
     k = attention.k_norm(attention.k_proj(x).view(n, h, d))
     v = attention.v_proj(x).view(n, h, d)
+    q_scale = d**-0.5 if formulation == "tulip" else 1.0
     mixed = torch.zeros(n, h, d)
     for head in range(h):
         for i in range(n):
+            qi = q[i, head] * q_scale
             logits = []
             for j in range(i + 1):
-                gates = [torch.sigmoid(q[i, head] @ k[t, head] / math.sqrt(d)) for t in range(j, i + 1)]
+                gates = [torch.sigmoid(qi @ k[t, head] / math.sqrt(d)) for t in range(j, i + 1)]
                 p = min(sum(gates), torch.tensor(2.0))  # clamped to the last of 3 table rows
                 lo, hi = math.floor(float(p.detach())), math.ceil(float(p.detach()))
                 w = p - lo
-                position_logit = (1 - w) * (q[i, head] @ table[:, lo]) + w * (q[i, head] @ table[:, hi])
-                logits.append(q[i, head] @ k[j, head] / math.sqrt(d) + position_logit)
+                position_logit = (1 - w) * (qi @ table[:, lo]) + w * (qi @ table[:, hi])
+                logits.append(qi @ k[j, head] / math.sqrt(d) + position_logit)
             weights = torch.stack(logits).softmax(0)
             mixed[i, head] = sum(weights[j] * v[j, head] for j in range(i + 1))
     expected = attention.out_proj(mixed.reshape(1, n, 8))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cope_formulation_is_checked_and_older_configs_keep_the_papers():
+    with pytest.raises(ValueError, match=r"cope_formulation must be one of \('tulip', 'paper'\), got 'golovneva'"):
+        _text_config(position_encoding="cope", cope_formulation="golovneva")
+    assert _text_config().cope_formulation == "tulip"
+    written_before = {"model_type": "tulip", "text_config": {"position_encoding": "cope", "hidden_size": 32,
+                                                             "num_attention_heads": 4}}  # fmt: skip
+    assert TulipConfig.from_dict(written_before).text_config.cope_formulation == "paper"
+    written_before["text_config"]["position_encoding"] = "rope"
+    assert TulipConfig.from_dict(written_before).text_config.cope_formulation == "tulip"
 
 
 def test_cope_model_trains_its_position_tables_and_round_trips(tmp_path):
@@ -152,6 +169,7 @@ def test_cope_model_trains_its_position_tables_and_round_trips(tmp_path):
     model.save_pretrained(tmp_path / "cope")
     reloaded, _ = longclip.load(tmp_path / "cope", dtype="float32")
     assert reloaded.config.text_config.position_encoding == "cope"
+    assert reloaded.config.text_config.cope_formulation == "tulip"
     assert torch.equal(reloaded.encode_text(batch.input_ids), model.encode_text(batch.input_ids))
 
 
@@ -244,21 +262,23 @@ def _fake_tulip_checkpoint(cope: bool = False, width: int = 128, layers: int = 2
             })  # fmt: skip
             if cope and prefix == "transformer.resblocks.":
                 sd.update({
-                    b + "attn.q_norm.weight": gain(64), b + "attn.q_norm.bias": r(64),
-                    b + "attn.k_norm.weight": gain(64), b + "attn.k_norm.bias": r(64),
+                    b + "attn.q_ln.weight": gain(64), b + "attn.q_ln.bias": r(64),
+                    b + "attn.k_ln.weight": gain(64), b + "attn.k_ln.bias": r(64),
                     b + "attn.cope.pos_emb": 10 * r(1, 64, 32),
                 })  # fmt: skip
     return sd
 
 
-def _tulip_text_reference(sd: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-    """TULIP's rotary text tower written out from its open_clip state dict (``TextTransformerRoPE``), float64.
+def _tulip_text_reference(sd: dict[str, torch.Tensor], ids: torch.Tensor, cope: bool = False) -> torch.Tensor:
+    """TULIP's text tower written out from its open_clip state dict (``TextTransformerRoPE`` / ``CoPE``), float64.
 
-    Token embedding, pre-LN blocks whose attention splits ``in_proj`` into q, k, v and then heads, rotates q and k
-    as complex numbers of ADJACENT channel pairs (``view_as_complex(x.reshape(..., -1, 2))``) by
-    ``polar(1, position * theta^(-2i/d))``, theta 10000, then causal softmax attention with ``q * d^-0.5``; MLP with
-    exact GELU (open_clip's default activation, which TULIP's text tower uses); ``ln_final``; the end token (the
-    largest id) pooled; ``@ text_projection``.
+    Token embedding, pre-LN blocks whose attention splits ``in_proj`` into q, k, v and then heads. Rotary: q and k
+    rotated as complex numbers of ADJACENT channel pairs (``view_as_complex(x.reshape(..., -1, 2))``) by
+    ``polar(1, position * theta^(-2i/d))``, theta 10000, then causal softmax attention with ``q * d^-0.5``. CoPE
+    (``AttentionCoPE``): ``q_ln``/``k_ln`` per head, ``q * d^-0.5``, logits ``q k^T / sqrt(d)`` plus the causal
+    mask, plus CoPE's interpolated ``q @ pos_emb`` at positions ``flip-cumsum-flip`` of ``sigmoid(logits)`` clamped
+    to ``npos_max - 1``. MLP with exact GELU (open_clip's default activation, which TULIP's text tower uses);
+    ``ln_final``; the end token (the largest id) pooled; ``@ text_projection``.
     """
     sd = {k: v.double() for k, v in sd.items()}
     n, length = ids.shape
@@ -283,9 +303,24 @@ def _tulip_text_reference(sd: dict[str, torch.Tensor], ids: torch.Tensor) -> tor
         h = ln(x, b + "ln_1")
         q, k, v = (h @ sd[b + "attn.in_proj_weight"].T + sd[b + "attn.in_proj_bias"]).chunk(3, dim=-1)
         q, k, v = (t.reshape(n, length, heads, d) for t in (q, k, v))
-        q, k = rotate(q), rotate(k)
+        if cope:
+            q, k = ln(q, b + "attn.q_ln"), ln(k, b + "attn.k_ln")
+        else:
+            q, k = rotate(q), rotate(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [N, heads, L, d]
-        attn = ((q * d**-0.5) @ k.transpose(-1, -2) + mask).softmax(-1)
+        q = q * d**-0.5
+        attn = q @ k.transpose(-1, -2)
+        if cope:
+            attn = attn / math.sqrt(d) + mask
+            table = sd[b + "attn.cope.pos_emb"]  # [1, d, npos]
+            pos = torch.sigmoid(attn).flip(-1).cumsum(-1).flip(-1).clamp(max=table.shape[-1] - 1)
+            ceil, floor = pos.ceil().long(), pos.floor().long()
+            logits_int = q @ table
+            w = pos - floor
+            attn = attn + logits_int.gather(-1, ceil) * w + logits_int.gather(-1, floor) * (1 - w)
+        else:
+            attn = attn + mask
+        attn = attn.softmax(-1)
         out = (attn @ v).transpose(1, 2).reshape(n, length, width)
         x = x + out @ sd[b + "attn.out_proj.weight"].T + sd[b + "attn.out_proj.bias"]
         h = ln(x, b + "ln_2")
@@ -344,8 +379,10 @@ def test_released_tulip_checkpoint_converts_tensor_by_tensor(tmp_path, cope):
             })  # fmt: skip
             if cope and tower == "text_model":
                 expected.update({
-                    dst + "self_attn.q_norm.weight": sd[b + "attn.q_norm.weight"],
-                    dst + "self_attn.k_norm.bias": sd[b + "attn.k_norm.bias"],
+                    dst + "self_attn.q_norm.weight": sd[b + "attn.q_ln.weight"],
+                    dst + "self_attn.q_norm.bias": sd[b + "attn.q_ln.bias"],
+                    dst + "self_attn.k_norm.weight": sd[b + "attn.k_ln.weight"],
+                    dst + "self_attn.k_norm.bias": sd[b + "attn.k_ln.bias"],
                     dst + "self_attn.cope_positions": sd[b + "attn.cope.pos_emb"],
                 })  # fmt: skip
     for name, tensor in expected.items():
@@ -358,19 +395,27 @@ def test_released_tulip_checkpoint_converts_tensor_by_tensor(tmp_path, cope):
     assert torch.isfinite(model.embed_texts(["a long caption. " * 40])).all()
 
 
-def test_released_rotary_checkpoint_gives_tulips_own_text_features(tmp_path):
-    """Loaded through longclip.load, a TULIP file embeds texts as TULIP's code does (interleaved rotary pairs)."""
-    sd = _fake_tulip_checkpoint()
+@pytest.mark.parametrize("cope", [False, True])
+def test_released_checkpoint_gives_tulips_own_text_features(tmp_path, cope):
+    """Loaded through longclip.load, a TULIP file embeds texts as TULIP's code does (interleaved rotary pairs; CoPE
+    with TULIP's scaling)."""
+    sd = _fake_tulip_checkpoint(cope=cope)
     _save_open_clip(sd, tmp_path / "tulip.pt")
     model, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
     texts = ["a red square above a blue circle.", _long_text(150), "green"]
     ids = model.tokenizer.batch(texts).input_ids
-    expected = _tulip_text_reference(sd, ids).float()
+    expected = _tulip_text_reference(sd, ids, cope=cope).float()
     with torch.no_grad():
         ours = model.encode_text(ids)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
-    # Without the q/k reordering (rotate_half applied to TULIP's own row order) the features differ: not vacuous.
+    # Not vacuous: CoPE with the paper's scaling, or rotary without the q/k reordering, gives other features.
     layer = model.text_model.encoder.layers[0].self_attn
+    if cope:
+        for block in model.text_model.encoder.layers:
+            block.self_attn.score_scale, block.self_attn.table_scale = 64**-0.5, 1.0
+        with torch.no_grad():
+            assert not torch.allclose(model.encode_text(ids), expected, atol=1e-3)
+        return
     with torch.no_grad():
         for proj in (layer.q_proj, layer.k_proj):
             b = "transformer.resblocks.0.attn.in_proj_"

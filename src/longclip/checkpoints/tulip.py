@@ -5,8 +5,9 @@ The released files are open_clip training checkpoints, ``{"state_dict": ...}`` w
 table: ``token_embedding.weight``, ``transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias,
 attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_final``, ``text_projection``, ``logit_scale``, ``visual.*``.
 The rotary frequencies are not stored: the config records TULIP's base (10000) and the model rebuilds them. The
-CoPE variant adds per layer ``attn.q_norm``, ``attn.k_norm`` (LayerNorms over a head) and ``attn.cope.pos_emb``
-(``[1, head_dim, npos_max]``).
+CoPE variant (TULIP's ``AttentionCoPE``) adds per layer ``attn.q_ln``, ``attn.k_ln`` (LayerNorms over a head) and
+``attn.cope.pos_emb`` (``[1, head_dim, npos_max]``), read as ``self_attn.q_norm``, ``k_norm``, ``cope_positions``
+with ``cope_formulation: "tulip"`` (TULIP's scaling of the logits, see ``longclip.models.tulip``).
 
 TULIP's text tower (``TextTransformerRoPE`` / ``TextTransformerCoPE`` in its ``open_clip``) is built with open_clip's
 default activation, exact GELU, not OpenAI CLIP's quick-GELU (its weights start from OpenAI CLIP's, then train
@@ -36,10 +37,10 @@ StateDict = dict[str, torch.Tensor]
 
 TULIP_ROPE_THETA = 10000.0
 _COPE_PARTS = {  # open_clip name in a block -> our name in a layer
-    "attn.q_norm.weight": "self_attn.q_norm.weight",
-    "attn.q_norm.bias": "self_attn.q_norm.bias",
-    "attn.k_norm.weight": "self_attn.k_norm.weight",
-    "attn.k_norm.bias": "self_attn.k_norm.bias",
+    "attn.q_ln.weight": "self_attn.q_norm.weight",
+    "attn.q_ln.bias": "self_attn.q_norm.bias",
+    "attn.k_ln.weight": "self_attn.k_norm.weight",
+    "attn.k_ln.bias": "self_attn.k_norm.bias",
     "attn.cope.pos_emb": "self_attn.cope_positions",
 }
 _POSITION_TABLE = "text_model.embeddings.position_embedding.weight"
@@ -86,7 +87,7 @@ def convert_tulip_open_clip(
         "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
         "num_hidden_layers": layers, "num_attention_heads": heads, "hidden_act": "gelu",
         "layer_norm_eps": tc.layer_norm_eps, "context_length": context_length, "position_encoding": "rope",
-        "rope_theta": TULIP_ROPE_THETA, "rope_scaling": None,
+        "rope_theta": TULIP_ROPE_THETA, "rope_scaling": None, "cope_formulation": "tulip",
     }  # fmt: skip
     if cope:
         if sorted(cope) != list(range(layers)) or any(len(parts) != len(_COPE_PARTS) for parts in cope.values()):

@@ -8,9 +8,12 @@ puts the position into every attention layer instead, so the encoder is not tied
   ("NTK-aware scaling", bloc97 / emozilla 2023; TULIP's stage 2 uses factor 8) are config values, so training,
   inference and export compute the very same frequencies. The frequencies are never stored, always rebuilt;
 * CoPE, contextual position encoding (Golovneva et al., "Contextual Position Encoding", 2024): a position is a
-  running sum of sigmoid gates ``sigmoid(q_i . k_t)`` over the keys from ``j`` to ``i``; the logit of a fractional
-  position interpolates ``q_i . e[p]`` between a learned table's neighbouring rows. TULIP adds LayerNorms on q and
-  k and one ``[1, head_dim, npos_max]`` table per layer.
+  running sum of sigmoid gates over the keys from ``j`` to ``i``; the logit of a fractional position interpolates
+  ``q_i . e[p]`` between a learned table's neighbouring rows. TULIP adds LayerNorms on q and k and one
+  ``[1, head_dim, npos_max]`` table per layer, and scales differently from the paper (``cope_formulation``):
+  TULIP's code divides q . k by ``head_dim`` (``q * d^-0.5``, then ``/ sqrt(d)`` again), gates on those logits and
+  takes the table logits with the scaled q, ``(q / sqrt(d)) . e[p]``; the paper uses ``q . k / sqrt(d)`` and
+  ``q . e[p]``.
 
 Everything else is CLIP's: pre-LN blocks, quick-GELU or GELU, causal attention, end-token pooling, ``ln_final`` and
 the text projection; the vision tower is transformers' ``CLIPVisionModel`` unchanged. The key layout mirrors
@@ -59,6 +62,7 @@ __all__ = ["TulipConfig", "TulipModel", "TulipTextConfig", "rotary_inverse_frequ
 TULIP_ROPE_THETA = 10000.0  # TULIP's rotary base
 TULIP_NTK_FACTOR = 8.0  # TULIP's stage-2 dynamic-NTK factor
 POSITION_ENCODINGS = ("rope", "cope")
+COPE_FORMULATIONS = ("tulip", "paper")
 
 
 @dataclass
@@ -73,6 +77,10 @@ class TulipTextConfig:
             "original_context_length": N}``: the base is rescaled once for ``context_length`` as transformers'
             dynamic-NTK rule does at that length, and kept fixed, so every input uses the same frequencies.
         cope_positions: Rows of CoPE's position table (``npos_max``); positions beyond are clamped.
+        cope_formulation: How CoPE scales its logits: ``"tulip"`` (TULIP's code: content logits and gates on
+            ``q . k / d``, table logits ``(q / sqrt(d)) . e[p]``) or ``"paper"`` (Golovneva et al.'s reference:
+            ``q . k / sqrt(d)`` and ``q . e[p]``). A ``config.json`` of a CoPE model written before this field
+            existed is read as ``"paper"``, the formulation it was trained with.
     """
 
     vocab_size: int = VOCAB_SIZE
@@ -87,10 +95,13 @@ class TulipTextConfig:
     rope_theta: float = TULIP_ROPE_THETA
     rope_scaling: dict[str, Any] | None = None
     cope_positions: int = 64
+    cope_formulation: str = "tulip"
 
     def __post_init__(self) -> None:
         if self.position_encoding not in POSITION_ENCODINGS:
             raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {self.position_encoding!r}")
+        if self.cope_formulation not in COPE_FORMULATIONS:
+            raise ValueError(f"cope_formulation must be one of {COPE_FORMULATIONS}, got {self.cope_formulation!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -147,6 +158,8 @@ class TulipConfig:
         known = {f.name for f in fields(TulipTextConfig)}
         if set(text) - known:
             raise ValueError(f"unknown TULIP text settings: {sorted(set(text) - known)}")
+        if text.get("position_encoding") == "cope" and "cope_formulation" not in text:
+            text["cope_formulation"] = "paper"  # written before the field existed, when CoPE followed the paper
         settings = {k: v for k, v in config.items() if k in {f.name for f in fields(cls)}}
         return cls(text_config=TulipTextConfig(**text), **settings)
 
@@ -188,6 +201,11 @@ class TulipAttention(nn.Module):
         self.v_proj, self.out_proj = nn.Linear(width, width), nn.Linear(width, width)
         self.cope = text.position_encoding == "cope"
         if self.cope:
+            # content logits (and the gates' input) q.k * score_scale; table logits (q * table_scale).e[p]
+            if text.cope_formulation == "tulip":
+                self.score_scale, self.table_scale = 1 / self.head_dim, self.head_dim**-0.5
+            else:
+                self.score_scale, self.table_scale = self.head_dim**-0.5, 1.0
             self.q_norm = nn.LayerNorm(self.head_dim, eps=text.layer_norm_eps)
             self.k_norm = nn.LayerNorm(self.head_dim, eps=text.layer_norm_eps)
             self.cope_positions = nn.Parameter(torch.zeros(1, self.head_dim, text.cope_positions))
@@ -197,7 +215,7 @@ class TulipAttention(nn.Module):
         q, k, v = (proj(x).view(n, length, self.heads, self.head_dim).transpose(1, 2) for proj in self._qkv())
         if self.cope:
             q, k = self.q_norm(q), self.k_norm(k)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.cope_bias(q, k))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.cope_bias(q, k), scale=self.score_scale)
         else:
             q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None], unsqueeze_dim=1)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -207,18 +225,19 @@ class TulipAttention(nn.Module):
         return self.q_proj, self.k_proj, self.v_proj
 
     def cope_bias(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """CoPE's position logits plus the causal mask, ``[N, H, L, L]``, to add to ``q k^T / sqrt(d)``.
+        """CoPE's position logits plus the causal mask, ``[N, H, L, L]``, to add to ``q k^T * score_scale``.
 
-        Gates ``g_ij = sigmoid(q_i . k_j / sqrt(d))`` (0 on future keys), position ``p_ij = sum_{t=j..i} g_it``
-        clamped to the table, logit ``q_i . e[p_ij]`` interpolated between the table's rows floor(p) and ceil(p).
+        Gates ``g_ij = sigmoid(q_i . k_j * score_scale)`` (0 on future keys), position ``p_ij = sum_{t=j..i} g_it``
+        clamped to the table, logit ``(q_i * table_scale) . e[p_ij]`` interpolated between the table's rows floor(p)
+        and ceil(p). The scales are the config's ``cope_formulation``'s.
         """
         length = q.shape[-2]
         future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        logits = (q @ k.transpose(-1, -2)) * self.score_scale
         gates = torch.sigmoid(logits.masked_fill(future, -math.inf))
         positions = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.cope_positions.shape[-1] - 1)
         floor = positions.floor()
-        table_logits = q @ self.cope_positions  # [N, H, L, npos]: q_i . e[p] for every integer position
+        table_logits = (q * self.table_scale) @ self.cope_positions  # [N, H, L, npos]: for every integer position
         low = table_logits.gather(-1, floor.long())
         high = table_logits.gather(-1, positions.ceil().long())
         weight = positions - floor
@@ -427,6 +446,7 @@ def tulip_from_clip(
     rope_theta: float = TULIP_ROPE_THETA,
     rope_scaling: dict[str, Any] | None = None,
     cope_positions: int = 64,
+    cope_formulation: str = "tulip",
 ) -> TulipModel:
     """A TULIP with a CLIP's weights (``LongCLIPModel``): every tensor but the text position table, copied.
 
@@ -444,6 +464,7 @@ def tulip_from_clip(
         num_hidden_layers=tc.num_hidden_layers, num_attention_heads=tc.num_attention_heads, hidden_act=tc.hidden_act,
         layer_norm_eps=tc.layer_norm_eps, context_length=context_length, position_encoding=position_encoding,
         rope_theta=rope_theta, rope_scaling=rope_scaling, cope_positions=cope_positions,
+        cope_formulation=cope_formulation,
     )  # fmt: skip
     config = TulipConfig(
         text_config=text,
