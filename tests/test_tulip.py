@@ -4,6 +4,7 @@ conversion from a CLIP and from the released open_clip layout."""
 import json
 import math
 
+import numpy
 import pytest
 import torch
 from conftest import tiny_clip
@@ -425,6 +426,67 @@ def test_released_checkpoint_gives_tulips_own_text_features(tmp_path, cope):
         assert not torch.allclose(model.encode_text(ids), expected, atol=1e-3)
 
 
+def _with_clip_table(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A TULIP stage-2 file: the open_clip CLIP it was built from keeps its unused 77-row text position table."""
+    width = sd["token_embedding.weight"].shape[1]
+    return {**sd, "positional_embedding": 0.01 * torch.randn(77, width, generator=torch.Generator().manual_seed(1))}
+
+
+def test_a_stage_two_file_reads_as_clip_unless_the_tulip_layout_is_named(tmp_path, caplog):
+    sd = _fake_tulip_checkpoint()
+    _save_open_clip(_with_clip_table(sd), tmp_path / "stage2.pt")
+    # By its key names it is an OpenAI CLIP: that is what detection gives.
+    checkpoint = read_checkpoint(tmp_path / "stage2.pt")
+    assert (checkpoint.family, checkpoint.format) == ("clip", "openai")
+    assert longclip.load(tmp_path / "stage2.pt", dtype="float32")[0].context_length == 77
+
+    with caplog.at_level("INFO", logger="longclip"):
+        checkpoint = read_checkpoint(tmp_path / "stage2.pt", layout="tulip-open_clip")
+    assert (checkpoint.family, checkpoint.format) == ("tulip", "tulip-open_clip")
+    assert not any("position_embedding" in name for name in checkpoint.state_dict if name.startswith("text_model"))
+    assert "dropped the text position table positional_embedding (77, 128)" in caplog.text
+    assert "its keys alone suggest openai" in caplog.text
+
+    model, _ = longclip.load(tmp_path / "stage2.pt", dtype="float32", layout="tulip-open_clip")
+    assert isinstance(model, TulipModel) and model.context_length == 248
+    ids = model.tokenizer.batch(["a red square above a blue circle.", _long_text(120)]).input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_text(ids), _tulip_text_reference(sd, ids).float(), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_a_cope_file_is_tulips_with_or_without_the_clip_table(tmp_path):
+    sd = _fake_tulip_checkpoint(cope=True)
+    _save_open_clip(_with_clip_table(sd), tmp_path / "stage2.pt")
+    checkpoint = read_checkpoint(tmp_path / "stage2.pt")
+    assert (checkpoint.family, checkpoint.format) == ("tulip", "tulip-open_clip")
+    assert checkpoint.config["text_config"]["position_encoding"] == "cope"
+    model, _ = longclip.load(tmp_path / "stage2.pt", dtype="float32")
+    ids = model.tokenizer.batch(["a red square above a blue circle."]).input_ids
+    expected = _tulip_text_reference(sd, ids, cope=True).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_layout_name_lists_the_registered_ones(tmp_path):
+    _save_open_clip(_fake_tulip_checkpoint(), tmp_path / "tulip.pt")
+    for read in (read_checkpoint, longclip.load):
+        with pytest.raises(
+            ValueError, match=r"unknown checkpoint layout 'tulip'; registered layouts: .*tulip-open_clip"
+        ):
+            read(tmp_path / "tulip.pt", layout="tulip")
+    model, _ = longclip.load(tmp_path / "tulip.pt", dtype="float32")
+    model.save_pretrained(tmp_path / "dir")
+    with pytest.raises(ValueError, match="is a transformers directory.*applies to a single checkpoint file"):
+        read_checkpoint(tmp_path / "dir", layout="tulip-open_clip")
+    # A named layout's converter still checks the tensors: a Long-CLIP's second table is not TULIP's.
+    sd = _with_clip_table(_fake_tulip_checkpoint())
+    _save_open_clip({**sd, "positional_embedding_res": sd["positional_embedding"]}, tmp_path / "longclip.pt")
+    with pytest.raises(CheckpointError, match="positional_embedding_res"):
+        read_checkpoint(tmp_path / "longclip.pt", layout="tulip-open_clip")
+
+
 def test_a_misshapen_released_tensor_is_named(tmp_path):
     sd = _fake_tulip_checkpoint(cope=True)
     sd["transformer.resblocks.1.attn.cope.pos_emb"] = torch.zeros(1, 32, 32)
@@ -457,6 +519,30 @@ def test_cli_info_and_convert_read_a_released_tulip_checkpoint(tmp_path, capsys)
         assert torch.equal(converted.state_dict()[name], tensor), name
     assert main(["convert", str(tmp_path / "tulip.pt"), str(tmp_path / "x.pt"), "--to", "longclip-pt"]) != 0
     assert "CLIP's layout only" in capsys.readouterr().err
+
+
+def test_cli_layout_flag_reads_a_stage_two_file_as_tulip(tmp_path, capsys):
+    from longclip.cli import main
+
+    _save_open_clip(_with_clip_table(_fake_tulip_checkpoint()), tmp_path / "stage2.pt")
+    assert main(["info", str(tmp_path / "stage2.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "openai"
+    assert main(["info", str(tmp_path / "stage2.pt"), "--layout", "tulip-open_clip", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["family"], info["format"], info["context_length"]) == ("tulip", "tulip-open_clip", 248)
+
+    out = tmp_path / "feats.npy"
+    argv = ["-q", "embed", "--model", str(tmp_path / "stage2.pt"), "--texts", "a red square.", "-o", str(out)]
+    assert main([*argv, "--layout", "tulip-open_clip", "--device", "cpu"]) == 0
+    model, _ = longclip.load(tmp_path / "stage2.pt", dtype="float32", layout="tulip-open_clip")
+    expected = model.embed_texts(["a red square."]).numpy()
+    assert numpy.allclose(numpy.load(out), expected, atol=1e-5)
+    assert main([*argv, "--layout", "tulip-rope"]) != 0
+    assert "unknown checkpoint layout 'tulip-rope'; registered layouts:" in capsys.readouterr().err
+    assert (
+        main(["-q", "convert", str(tmp_path / "stage2.pt"), str(tmp_path / "dir"), "--layout", "tulip-open_clip"]) == 0
+    )
+    assert isinstance(longclip.load(tmp_path / "dir", dtype="float32")[0], TulipModel)
 
 
 def test_clip_score_takes_a_tulip_and_its_long_texts():

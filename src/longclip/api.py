@@ -23,6 +23,7 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | DTypeName | None = "auto",
     revision: str | None = None,
+    layout: str | None = None,
 ) -> tuple[DualEncoder, ImageTransform]:
     """Load a model and its image preprocessing, like ``longclip.load`` in the original repository.
 
@@ -35,11 +36,14 @@ def load(
             devices and CPUs that have it (AVX512-BF16 or AMX), float16 on older CUDA devices, float32 otherwise
             (``longclip.precision``).
         revision: Hub revision, for hub ids.
+        layout: Read a single checkpoint file in this registered layout instead of detecting it from its keys
+            (``longclip.checkpoints.layouts()``); for files whose names fit two layouts, such as a TULIP stage-2 file
+            that keeps CLIP's unused position table (``layout="tulip-open_clip"``).
 
     Returns:
         ``(model, preprocess)``: ``preprocess(image)`` gives the ``[3, H, W]`` tensor ``model.encode_image`` takes.
     """
-    model = load_model(name_or_path, device=device, dtype=dtype, revision=revision)
+    model = load_model(name_or_path, device=device, dtype=dtype, revision=revision, layout=layout)
     return model, model.preprocess
 
 
@@ -49,17 +53,20 @@ def load_model(
     dtype: torch.dtype | DTypeName | None = "auto",
     revision: str | None = None,
     expect: type[DualEncoder] = DualEncoder,
+    layout: str | None = None,
 ) -> DualEncoder:
     """``load`` without the preprocessing: read, build with the registered family, move; in eval mode.
 
     Args:
         expect: Refuse a checkpoint whose family's class is not this one or a subclass (before building it).
+        layout: As for ``load``.
 
     Raises:
-        ValueError: The checkpoint's family is not ``expect``; or ``dtype`` is not a float dtype name.
+        ValueError: The checkpoint's family is not ``expect``; or ``dtype`` is not a float dtype name; or
+            ``layout`` names no registered layout.
     """
     torch_dtype = resolve_dtype(dtype, device)  # a bad name fails before any file is read
-    checkpoint = read_checkpoint(name_or_path, revision)
+    checkpoint = read_checkpoint(name_or_path, revision, layout=layout)
     model_class = family_for(checkpoint)
     if not issubclass(model_class, expect):
         raise ValueError(

@@ -10,6 +10,7 @@ to any of these. The format is detected from file contents and tensor names, nev
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,13 @@ from ..tokenizer import CLIP_CONTEXT_LENGTH
 from . import llm2clip as _llm2clip  # noqa: F401  (registers the released LLM2CLIP layout)
 from .convert import HEAD_WIDTH, config_from_openai, detect_format, heads_for_width, hf_to_openai, openai_to_hf
 from .hub import HubUnavailableError, available_models, is_hub_id, resolve
-from .layouts import Layout, find_layout, layouts, register_layout, unknown_layout_error
+from .layouts import Layout, find_layout, layout_named, layouts, register_layout, unknown_layout_error
 from .reading import CheckpointError, read_state_dict, sample_keys
 
 if TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPModel
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Checkpoint",
@@ -42,6 +45,7 @@ __all__ = [
     "detect_format",
     "hf_to_openai",
     "is_hub_id",
+    "layout_named",
     "layouts",
     "load_clip",
     "openai_to_hf",
@@ -85,37 +89,56 @@ class Checkpoint:
         return self.config.get("model_type")
 
 
-def read_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+def read_checkpoint(
+    name_or_path: str | os.PathLike, revision: str | None = None, layout: str | None = None
+) -> Checkpoint:
     """Read any supported checkpoint: a transformers directory, a file in a registered layout, or a hub id.
 
     Args:
         name_or_path: A file, a directory, or a hub id such as ``BeichenZhang/LongCLIP-B``.
         revision: Hub revision (branch, tag or commit), for hub ids.
+        layout: The name of a registered layout to read a single checkpoint file in, instead of detecting it from
+            the keys: for files whose key names fit more than one layout (a TULIP stage-2 file, ``tulip-open_clip``,
+            has exactly OpenAI CLIP's names). Its converter still checks every tensor.
 
     Raises:
+        ValueError: ``layout`` names no registered layout (the message lists them), or is given for a
+            transformers directory (its ``config.json`` says what it holds).
         FileNotFoundError: Nothing at that path and not a hub id, or a hub id neither cached nor downloadable.
         CheckpointError: The file is unreadable, would run code, or its tensors match no known layout (or do not
             have the shapes its layout needs; the message names the tensor).
     """
+    chosen = layout_named(layout) if layout is not None else None  # a bad name fails before any file is read
     path = resolve(name_or_path, revision)
     if path.is_dir():
         if (path / "config.json").is_file():
+            if chosen is not None:
+                raise ValueError(
+                    f"{path} is a transformers directory (config.json names its model); layout={layout!r} applies "
+                    "to a single checkpoint file"
+                )
             return read_directory(path)
         path = single_weight_file(path)
     state_dict = read_state_dict(path)
-    layout = find_layout(state_dict)
-    if layout is None:
+    detected = find_layout(state_dict)
+    if chosen is not None and chosen is not detected:
+        logger.info(
+            "reading %s in the layout %s as asked (its keys alone suggest %s)",
+            path, chosen.name, detected.name if detected else "no registered layout",
+        )  # fmt: skip
+    found = chosen or detected
+    if found is None:
         if (path.parent / "config.json").is_file():
             return read_directory(path.parent)
         if "text_model.embeddings.token_embedding.weight" in state_dict:
             raise CheckpointError(f"{path} holds transformers-layout weights without a config.json beside it")
         raise unknown_layout_error(state_dict)
     try:
-        config, converted = layout.convert(state_dict)
+        config, converted = found.convert(state_dict)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
     check_finite(converted, path)
-    return Checkpoint(converted, config, layout.family, layout.name, path, stored_dtypes=stored_dtypes(state_dict))
+    return Checkpoint(converted, config, found.family, found.name, path, stored_dtypes=stored_dtypes(state_dict))
 
 
 def read_config(name_or_path: str | os.PathLike, revision: str | None = None) -> Checkpoint:

@@ -3,7 +3,9 @@
 A layout belongs to a model family: ``convert`` turns the stored tensors into the family's own key layout and
 returns the config the family builds from (what its ``config.json`` would hold, ``model_type`` included). Layouts
 are tried in the order they were registered; the first whose ``matches`` accepts the keys wins. Adding a format is
-one ``register_layout`` line beside its converter.
+one ``register_layout`` line beside its converter. Where key names cannot tell two layouts apart, the reader is
+told the layout by name (``read_checkpoint(path, layout=NAME)``, ``longclip.load(..., layout=NAME)``,
+``--layout NAME``): ``layout_named`` looks it up, and its converter is used whatever ``matches`` says.
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ def find_layout(state_dict: Mapping[str, torch.Tensor]) -> Layout | None:
     return next((layout for layout in _LAYOUTS.values() if layout.matches(state_dict)), None)
 
 
+def layout_named(name: str) -> Layout:
+    """The registered layout called ``name``.
+
+    Raises:
+        ValueError: No layout of that name is registered (the message lists the registered names).
+    """
+    if name not in _LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {name!r}; registered layouts: {', '.join(_LAYOUTS)}")
+    return _LAYOUTS[name]
+
+
 def unknown_layout_error(state_dict: Mapping[str, torch.Tensor]) -> CheckpointError:
     """The error for tensors no layout matches: it lists the layouts known and the keys seen."""
     return CheckpointError(
@@ -117,4 +130,5 @@ register_layout(Layout("openai", "clip", _is_openai, convert_openai))
 
 from .tulip import convert_tulip_open_clip, is_tulip_open_clip  # noqa: E402
 
-register_layout(Layout("tulip-open_clip", "tulip", is_tulip_open_clip, convert_tulip_open_clip))
+# Tried first: a CoPE TULIP file that keeps open_clip's unused text position table would match "openai" too.
+register_layout(Layout("tulip-open_clip", "tulip", is_tulip_open_clip, convert_tulip_open_clip), before="longclip-pt")

@@ -25,6 +25,7 @@ that is dropped again, so both layouts are read by one piece of code and every s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -32,6 +33,8 @@ import torch
 from ..tokenizer import DEFAULT_CONTEXT_LENGTH
 from .convert import openai_to_hf
 from .reading import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -47,13 +50,24 @@ _POSITION_TABLE = "text_model.embeddings.position_embedding.weight"
 
 
 def is_tulip_open_clip(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """open_clip CLIP keys with a text transformer but no text position table."""
+    """open_clip CLIP keys with a text transformer, and CoPE's tensors or no text position table.
+
+    TULIP's stage-2 script swaps the text modules of an open_clip ``CLIP``, so its files keep CLIP's unused 77-row
+    ``positional_embedding``. A CoPE file is TULIP's whatever else it holds; a rotary one with that table has
+    exactly OpenAI CLIP's key names and is read as a CLIP unless the layout is named (``layout="tulip-open_clip"``).
+    """
     keys = set(state_dict)
-    return (
-        {"token_embedding.weight", "text_projection", "transformer.resblocks.0.attn.in_proj_weight"} <= keys
-        and "positional_embedding" not in keys
-        and "visual.class_embedding" in keys
-    )
+    clip = {"token_embedding.weight", "text_projection", "transformer.resblocks.0.attn.in_proj_weight"} <= keys
+    if not clip or "visual.class_embedding" not in keys:
+        return False
+    return "positional_embedding" not in keys or any(_cope_part(name) for name in keys)
+
+
+def _cope_part(name: str) -> str | None:
+    """The CoPE part a key names (``attn.q_ln.weight``...) in a text block, or None."""
+    if name.startswith("transformer.resblocks."):
+        return next((part for part in _COPE_PARTS if name.endswith("." + part)), None)
+    return None
 
 
 def convert_tulip_open_clip(
@@ -61,19 +75,26 @@ def convert_tulip_open_clip(
 ) -> tuple[dict, StateDict]:
     """A released TULIP state dict -> (``tulip`` config dict, state dict in ``TulipModel``'s layout).
 
+    A text position table (``positional_embedding``, kept unused in stage-2 files) is dropped, and that is logged.
+
     Raises:
         CheckpointError: A tensor is missing, left over or misshapen (the message names it), or only some layers
             carry CoPE's tensors.
     """
     remaining = dict(state_dict)
+    table = remaining.pop("positional_embedding", None)
+    if table is not None:
+        logger.info(
+            "dropped the text position table positional_embedding %s: TULIP's text tower has relative positions "
+            "(open_clip's CLIP keeps the unused table in TULIP's stage-2 files)",
+            tuple(table.shape),
+        )
     cope: dict[int, dict[str, torch.Tensor]] = {}
     for name in list(remaining):
-        for part in _COPE_PARTS:
-            prefix = "transformer.resblocks."
-            if name.startswith(prefix) and name.endswith("." + part):
-                layer = name[len(prefix) : -len(part) - 1]
-                if layer.isdigit():
-                    cope.setdefault(int(layer), {})[part] = remaining.pop(name)
+        part = _cope_part(name)
+        layer = name[len("transformer.resblocks.") : -len(part) - 1] if part else ""
+        if layer.isdigit():
+            cope.setdefault(int(layer), {})[part] = remaining.pop(name)
     width = _shape(remaining, "token_embedding.weight", 2)[1]
     # The OpenAI converter needs a position table to read the text tower's context; TULIP has none.
     remaining["positional_embedding"] = torch.zeros(2, width)

@@ -1,7 +1,8 @@
 """What every ``longclip`` command shares: flags, output settings, model loading and small input helpers.
 
 Command modules build their parsers with :func:`add_command` (which adds ``--debug``/``-v``/``-q`` and the help
-formatter) and take ``--model``/``--device``/``--dtype`` from :func:`add_model_flags`; the library does the work.
+formatter) and take ``--model``/``--device``/``--dtype``/``--layout`` from :func:`add_model_flags` (a command that
+names its checkpoint positionally adds :func:`add_layout_flag`); the library does the work.
 """
 
 from __future__ import annotations
@@ -120,8 +121,23 @@ def resolve_device(value: str | None) -> str:
     return value
 
 
+def add_layout_flag(parser: argparse.ArgumentParser) -> None:
+    """--layout NAME: read a checkpoint file in a registered layout instead of detecting it from its keys.
+
+    Checked when the checkpoint is read (``checkpoints.layout_named``), not here, so ``--help`` imports nothing.
+    """
+    parser.add_argument(
+        "--layout",
+        default=None,
+        metavar="NAME",
+        help="read a checkpoint file in this registered layout instead of detecting it from its tensor names, for "
+        "files whose names fit two layouts (a TULIP stage-2 .pt that keeps CLIP's position table: tulip-open_clip); "
+        "an unknown name lists the registered ones",
+    )
+
+
 def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batch_size: int | None = None) -> None:
-    """--model, --device, --dtype, --revision and --batch-size."""
+    """--model, --device, --dtype, --revision, --layout and --batch-size."""
     parser.add_argument(
         "--model",
         "-m",
@@ -137,6 +153,7 @@ def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batc
         help="weight dtype (default: float32 on the CPU, float16 on CUDA)",
     )
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit), for hub ids")
+    add_layout_flag(parser)
     parser.add_argument(
         "--batch-size", type=positive_int, default=batch_size, metavar="N", help="inputs per forward pass"
     )
@@ -311,7 +328,7 @@ def plural(n: int, noun: str) -> str:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The model named by --model on --device in --dtype, through ``longclip.load``."""
+    """The model named by --model (read in --layout, if given) on --device in --dtype, through ``longclip.load``."""
     import torch
 
     from ..api import load
@@ -320,7 +337,7 @@ def load_model(args: argparse.Namespace) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     logger.info("loading %s on %s", args.model, device)
-    model, _ = load(args.model, device=device, dtype=args.dtype, revision=args.revision)
+    model, _ = load(args.model, device=device, dtype=args.dtype, revision=args.revision, layout=args.layout)
     return model
 
 

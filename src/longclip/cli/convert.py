@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import DTYPES, add_command, status
+from .common import DTYPES, add_command, add_layout_flag, status
 
 EPILOG = """\
 examples:
@@ -43,6 +43,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit), for hub ids")
     parser.add_argument("--overwrite", action="store_true", help="write even if DST exists and is not empty")
+    add_layout_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     dst = Path(args.dst).expanduser()
     check_destination(dst, to_file=args.to == "longclip-pt", overwrite=args.overwrite)
-    source = read_checkpoint(args.src, args.revision)
+    source = read_checkpoint(args.src, args.revision, layout=args.layout)
     model = build_model(source)
     dtype = getattr(torch, args.dtype)
     if not isinstance(model, LongCLIPModel):  # another family (TULIP, ...): its own save_pretrained

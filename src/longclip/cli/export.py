@@ -11,7 +11,7 @@ import argparse
 import importlib
 from typing import Any
 
-from .common import add_command
+from .common import add_command, add_layout_flag
 
 FORMATS = (
     "longclip.cli.export:add_onnx",
@@ -45,6 +45,7 @@ def add_onnx(formats: Any) -> None:
     parser.add_argument("model", metavar="MODEL", help="checkpoint: .pt file, directory or hub id")
     parser.add_argument("directory", metavar="DIR", help="output directory")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    add_layout_flag(parser)
     parser.set_defaults(func=run_onnx)
 
 
@@ -52,7 +53,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     from ..api import load
     from ..integrations.onnx_export import export_onnx
 
-    model, _ = load(args.model, dtype="float32")
+    model, _ = load(args.model, dtype="float32", layout=args.layout)
     directory = export_onnx(model, args.directory, opset=args.opset)
     print(f"wrote {directory}: text.onnx, vision.onnx (onnxruntime matches PyTorch within 1e-4)")
     return 0
@@ -68,6 +69,7 @@ def add_open_clip(formats: Any) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="checkpoint of the CLIP family: .pt file, directory or hub id")
     parser.add_argument("directory", metavar="DIR", help="output directory")
+    add_layout_flag(parser)
     parser.set_defaults(func=run_open_clip)
 
 
@@ -75,7 +77,7 @@ def run_open_clip(args: argparse.Namespace) -> int:
     from ..api import load
     from ..integrations.open_clip_export import export_open_clip
 
-    model, _ = load(args.model, dtype="float32")
+    model, _ = load(args.model, dtype="float32", layout=args.layout)
     directory = export_open_clip(model, args.directory)
     print(f"wrote {directory}: open_clip_config.json, open_clip_model.safetensors (load with 'local-dir:{directory}')")
     return 0

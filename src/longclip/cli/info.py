@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_command
+from .common import add_command, add_layout_flag
 
 EPILOG = """\
 examples:
@@ -38,6 +38,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("ckpt", metavar="CKPT", help=".pt file, transformers directory or hub id")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit), for hub ids")
+    add_layout_flag(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import LoadedCheckpoint, read_checkpoint
     from ..models import LongCLIPModel, build_model
 
-    source = read_checkpoint(args.ckpt, args.revision)
+    source = read_checkpoint(args.ckpt, args.revision, layout=args.layout)
     model = build_model(source)
     if not isinstance(model, LongCLIPModel):
         return _describe_family(args, source, model)
