@@ -1,9 +1,11 @@
 """TULIP's released checkpoints (hub ``mderakhshani/TULIP``): open_clip layout -> the ``tulip`` family's layout.
 
 The released files are open_clip training checkpoints, ``{"state_dict": ...}`` with DDP's ``module.`` prefix
-(``reading.read_state_dict`` unwraps both, weights only). Their keys are OpenAI CLIP's without the text position
-table: ``token_embedding.weight``, ``transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias,
-attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_final``, ``text_projection``, ``logit_scale``, ``visual.*``.
+(``reading.read_state_dict`` unwraps both, weights only). Their keys are OpenAI CLIP's: ``token_embedding.weight``,
+``transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, ln_2, mlp.c_fc,
+mlp.c_proj}``, ``ln_final``, ``text_projection``, ``logit_scale``, ``visual.*``, and in stage-2 files CLIP's unused
+text position table ``positional_embedding`` (TULIP's script swaps the text modules of an open_clip ``CLIP``), which
+is dropped. Stage-1 files of TULIP's distillation script hold the text tower only and are not read.
 The rotary frequencies are not stored: the config records TULIP's base (10000) and the model rebuilds them. The
 CoPE variant (TULIP's ``AttentionCoPE``) adds per layer ``attn.q_ln``, ``attn.k_ln`` (LayerNorms over a head) and
 ``attn.cope.pos_emb`` (``[1, head_dim, npos_max]``), read as ``self_attn.q_norm``, ``k_norm``, ``cope_positions``
