@@ -352,6 +352,10 @@ def test_packaged_smollm2_loads_offline(monkeypatch):
     encoder, tokenizer = load_language_model("smollm2", bidirectional=True)
     assert encoder.is_decoder and encoder.bidirectional and encoder.hidden_size == 576
     assert tokenizer.context_length == 512
+    # Unpacked into plain weights and no longer marked GGUF-quantized, so the LoRA stages can save what they tune
+    # (transformers refuses to save a model it takes for a quantized one).
+    assert getattr(encoder.model, "hf_quantizer", None) is None
+    assert "quantization_config" not in encoder.model.config.to_dict()
     features = embed_captions(encoder, tokenizer, ["a cat", "a red square on a blue background"])
     assert features.shape == (2, 576) and torch.isfinite(features).all()
 
