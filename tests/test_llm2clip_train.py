@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -15,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip
-from llm2clip_fixtures import save_language_model
-from PIL import Image, ImageDraw
+from llm2clip_fixtures import save_language_model, write_pairs
 from safetensors.torch import load_file
 
 import longclip
@@ -32,41 +30,15 @@ from longclip.train.tasks import LLM2CLIPOptions, LLM2CLIPTextOptions, LLM2CLIPT
 from longclip.train.tasks.llm2clip import build_text_cache
 from longclip.train.trainer import build_model, epoch_batches
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 pytest.importorskip("peft", reason="LLM2CLIP's LoRA tuning needs peft (extra llm2clip)")
-
-
-def _write_pairs(root: Path, name: str, indices: range, hard_negatives: bool = False) -> Path:
-    rows = []
-    names = list(COLOURS)
-    for i in indices:
-        background, colour = names[i % 4], names[(i // 4 + 1 + i % 4) % 4]
-        shape = "square" if i % 2 else "circle"
-        image = Image.new("RGB", (32, 32), COLOURS[background])
-        draw = ImageDraw.Draw(image)
-        (draw.rectangle if shape == "square" else draw.ellipse)([6 + i % 3, 6, 24, 24 + i % 3], fill=COLOURS[colour])
-        image.save(root / f"{i}.png")
-        caption = (
-            f"a {colour} {shape} on a {background} background . the {shape} sits near the middle of the picture , "
-            f"slightly shifted by {i % 3} pixels"
-        )
-        rows.append({"image": f"{i}.png", "caption": caption, "short_caption": f"a {colour} {shape}"})
-        if hard_negatives:  # the same words, the colours swapped: another picture
-            rows[-1]["hard_negative"] = f"a {background} {shape} on a {colour} background"
-    path = root / name
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm2clip")
-    data = _write_pairs(root, "pairs.csv", range(16))
-    heldout = _write_pairs(root, "heldout.csv", range(16, 24))
-    negatives = _write_pairs(root, "negatives.csv", range(16), hard_negatives=True)
+    data = write_pairs(root, "pairs.csv", range(16))
+    heldout = write_pairs(root, "heldout.csv", range(16, 24))
+    negatives = write_pairs(root, "negatives.csv", range(16), hard_negatives=True)
     lm = save_language_model(root / "lm", "llama")
     LongCLIPModel(tiny_clip(context=77)).save_pretrained(root / "clip")
     return {"root": root, "data": data, "heldout": heldout, "negatives": negatives, "lm": lm, "clip": root / "clip"}
