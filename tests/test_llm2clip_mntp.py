@@ -29,6 +29,15 @@ MASK = ","  # the tiny word vocabulary has no "_"; any one token will do
 PAD, UNK, BOS = 0, 1, 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is fastest, and many times faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("mntp")
