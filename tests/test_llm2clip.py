@@ -283,7 +283,9 @@ def test_cache_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeyp
     assert not list(cut.glob(".shard-*"))  # the partial temporary file was removed
     assert (cut / "index.json").read_text() == (tmp_path / "whole" / "index.json").read_text()
     for k in range(4):
-        assert torch.equal(load_file(cut / shard_name(k))["embeddings"], load_file(tmp_path / "whole" / shard_name(k))["embeddings"])  # noqa: E501
+        assert torch.equal(
+            load_file(cut / shard_name(k))["embeddings"], load_file(tmp_path / "whole" / shard_name(k))["embeddings"]
+        )  # noqa: E501
     cache = TextEmbeddingCache(cut)
     assert len(cache) == 11 and cache.dim == 3
     torch.testing.assert_close(cache.lookup([captions[7], captions[0]]), _fake_embed([])([captions[7], captions[0]]))
