@@ -1,7 +1,7 @@
 """Run under torchrun by tests/test_llm2clip_train.py: one LLM2CLIP step of work on every rank.
 
 Usage: ``llm2clip_worker.py cache LM DATA OUTPUT`` | ``llm2clip-text LM DATA OUTPUT`` |
-``llm2clip CLIP DATA OUTPUT CACHE``.
+``llm2clip-mntp LM DATA OUTPUT`` | ``llm2clip CLIP DATA OUTPUT CACHE``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from longclip.train import TrainConfig, train
-from longclip.train.tasks import LLM2CLIPOptions, LLM2CLIPTextOptions
+from longclip.train.tasks import LLM2CLIPMNTPOptions, LLM2CLIPOptions, LLM2CLIPTextOptions
 from longclip.train.tasks.llm2clip import build_text_cache
 
 
@@ -22,6 +22,8 @@ def main(argv: list[str]) -> None:
                   device="cpu", lr=1e-3)  # fmt: skip
     if stage == "llm2clip-text":
         train(TrainConfig.for_method("llm2clip-text", **common), LLM2CLIPTextOptions(lora_r=4))
+    elif stage == "llm2clip-mntp":
+        train(TrainConfig.for_method("llm2clip-mntp", **common), LLM2CLIPMNTPOptions(lora_r=4, mask_token=","))
     else:
         options = LLM2CLIPOptions(text_cache=argv[4], long_probability=1.0, attach_language_model=False)
         train(TrainConfig.for_method("llm2clip", **common), options)

@@ -233,6 +233,39 @@ def test_read_table_empty_caption_names_line(tmp_path: Path) -> None:
         read_caption_table(path)
 
 
+def test_read_table_hard_negative_column(tmp_path: Path, image_dir: Path, transform: ImageTransform) -> None:
+    path = tmp_path / "negatives.csv"
+    path.write_text(
+        "image,caption,hard_negative\n"
+        'astronaut.jpg,A red car. It is parked.,"A blue car, moving."\n'
+        "chelsea.jpg,A cat.,  A dog. \n"
+    )
+    pairs = read_caption_table(path, image_root=image_dir)
+    assert [pair.hard_negative for pair in pairs] == ["A blue car, moving.", "A dog."]
+    assert pairs[0] == CaptionedImage(
+        str(image_dir / "astronaut.jpg"), "A red car. It is parked.", "A red car.", "A blue car, moving."
+    )
+    # The dataset carries it as a third text; the collators of the other methods ignore it.
+    item = PairDataset(pairs, transform)[1]
+    assert item["hard_negative"] == "A dog."
+    batch = CaptionCollator(LongCLIPTokenizer())([item])
+    assert set(batch) == {"pixels", "long_ids", "long_mask", "short_ids", "short_mask", "indices", "num_bad",
+                          "bad_shards"}  # fmt: skip
+    # Tables without the column are read as before: no hard negative, and no key in the items.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("image,caption\nchelsea.jpg,A cat.\n")
+    (pair,) = read_caption_table(plain, image_root=image_dir)
+    assert pair.hard_negative is None and "hard_negative" not in PairDataset([pair], transform)[0]
+
+
+def test_read_table_empty_hard_negative_names_line(tmp_path: Path) -> None:
+    # With the column, every row needs one: a table that mixes rows with and without is refused, naming the row.
+    path = tmp_path / "mixed.tsv"
+    path.write_text("image\tcaption\thard_negative\na.jpg\tA cat.\tA dog.\nb.jpg\tA boat.\t \n")
+    with pytest.raises(ValueError, match=r"mixed\.tsv, line 3: empty 'hard_negative' cell.*every row needs one"):
+        read_caption_table(path)
+
+
 def test_read_pairs_unsupported_suffix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.json, \.csv, \.tsv, \.tab.*webdataset_pairs"):
         read_pairs(tmp_path / "shards-000.tar")
@@ -437,6 +470,19 @@ def test_webdataset_sample_without_caption_is_none(
     write_tar(shard, {"a.png": image, "b.jpg": image, "b.txt": b"A cup."})  # a PNG name on JPEG bytes still decodes
     items = list(webdataset_pairs(str(shard), transform))
     assert items[0] is None and items[1]["caption"] == "A cup." and items[1]["index"] == 1
+
+
+def test_webdataset_hard_negative_from_neg_txt(
+    tmp_path: Path, small_photos: dict[str, Image.Image], transform: ImageTransform
+) -> None:
+    pytest.importorskip("webdataset")
+    shard = tmp_path / "negatives.tar"
+    image = jpeg_bytes(small_photos["coffee"])
+    write_tar(shard, {"a.jpg": image, "a.txt": b"A cup.", "a.neg.txt": b" A glass. \n", "b.jpg": image,
+                      "b.txt": b"A mug."})  # fmt: skip
+    first, second = webdataset_pairs(str(shard), transform)
+    assert first["hard_negative"] == "A glass." and first["short_caption"] == "A cup."
+    assert "hard_negative" not in second  # a sample without neg.txt is kept, with no hard negative
 
 
 def test_webdataset_missing_library_message(monkeypatch: pytest.MonkeyPatch, transform: ImageTransform) -> None:

@@ -283,7 +283,9 @@ def test_cache_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeyp
     assert not list(cut.glob(".shard-*"))  # the partial temporary file was removed
     assert (cut / "index.json").read_text() == (tmp_path / "whole" / "index.json").read_text()
     for k in range(4):
-        assert torch.equal(load_file(cut / shard_name(k))["embeddings"], load_file(tmp_path / "whole" / shard_name(k))["embeddings"])  # noqa: E501
+        assert torch.equal(
+            load_file(cut / shard_name(k))["embeddings"], load_file(tmp_path / "whole" / shard_name(k))["embeddings"]
+        )  # noqa: E501
     cache = TextEmbeddingCache(cut)
     assert len(cache) == 11 and cache.dim == 3
     torch.testing.assert_close(cache.lookup([captions[7], captions[0]]), _fake_embed([])([captions[7], captions[0]]))
@@ -352,6 +354,10 @@ def test_packaged_smollm2_loads_offline(monkeypatch):
     encoder, tokenizer = load_language_model("smollm2", bidirectional=True)
     assert encoder.is_decoder and encoder.bidirectional and encoder.hidden_size == 576
     assert tokenizer.context_length == 512
+    # Unpacked into plain weights and no longer marked GGUF-quantized, so the LoRA stages can save what they tune
+    # (transformers refuses to save a model it takes for a quantized one).
+    assert getattr(encoder.model, "hf_quantizer", None) is None
+    assert "quantization_config" not in encoder.model.config.to_dict()
     features = embed_captions(encoder, tokenizer, ["a cat", "a red square on a blue background"])
     assert features.shape == (2, 576) and torch.isfinite(features).all()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_clip
-from llm2clip_fixtures import save_language_model
-from PIL import Image, ImageDraw
+from llm2clip_fixtures import save_language_model, write_pairs
 from safetensors.torch import load_file
 
 import longclip
@@ -26,45 +26,22 @@ from longclip.models.llm2clip import LLM2CLIPModel
 from longclip.train import TrainConfig, train
 from longclip.train.distributed import DistributedContext
 from longclip.train.losses import contrastive_loss
-from longclip.train.tasks import LLM2CLIPOptions, LLM2CLIPTextOptions
+from longclip.train.tasks import LLM2CLIPOptions, LLM2CLIPTextOptions, LLM2CLIPTextTask
 from longclip.train.tasks.llm2clip import build_text_cache
 from longclip.train.trainer import build_model, epoch_batches
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 pytest.importorskip("peft", reason="LLM2CLIP's LoRA tuning needs peft (extra llm2clip)")
-
-
-def _write_pairs(root: Path, name: str, indices: range) -> Path:
-    rows = []
-    names = list(COLOURS)
-    for i in indices:
-        background, colour = names[i % 4], names[(i // 4 + 1 + i % 4) % 4]
-        shape = "square" if i % 2 else "circle"
-        image = Image.new("RGB", (32, 32), COLOURS[background])
-        draw = ImageDraw.Draw(image)
-        (draw.rectangle if shape == "square" else draw.ellipse)([6 + i % 3, 6, 24, 24 + i % 3], fill=COLOURS[colour])
-        image.save(root / f"{i}.png")
-        caption = (
-            f"a {colour} {shape} on a {background} background . the {shape} sits near the middle of the picture , "
-            f"slightly shifted by {i % 3} pixels"
-        )
-        rows.append({"image": f"{i}.png", "caption": caption, "short_caption": f"a {colour} {shape}"})
-    path = root / name
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "caption", "short_caption"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm2clip")
-    data = _write_pairs(root, "pairs.csv", range(16))
-    heldout = _write_pairs(root, "heldout.csv", range(16, 24))
+    data = write_pairs(root, "pairs.csv", range(16))
+    heldout = write_pairs(root, "heldout.csv", range(16, 24))
+    negatives = write_pairs(root, "negatives.csv", range(16), hard_negatives=True)
     lm = save_language_model(root / "lm", "llama")
     LongCLIPModel(tiny_clip(context=77)).save_pretrained(root / "clip")
-    return {"root": root, "data": data, "heldout": heldout, "lm": lm, "clip": root / "clip"}
+    return {"root": root, "data": data, "heldout": heldout, "negatives": negatives, "lm": lm, "clip": root / "clip"}
 
 
 def _common(setup, output, **overrides) -> dict:
@@ -108,6 +85,43 @@ def test_llm2clip_text_can_save_lora_apart(setup, tmp_path):
     base = load_file(setup["lm"] / "model.safetensors")
     saved = load_file(final / "model.safetensors")
     torch.testing.assert_close(saved["layers.0.self_attn.q_proj.weight"], base["layers.0.self_attn.q_proj.weight"])
+
+
+def test_llm2clip_text_loss_takes_the_data_hard_negatives(setup, tmp_path):
+    options = LLM2CLIPTextOptions(lora_r=4, scale=5.0)
+    config = TrainConfig.for_method("llm2clip-text", **_common(setup, tmp_path / "run"))
+    task = LLM2CLIPTextTask(build_model(config, options), options).eval()  # eval: no LoRA dropout
+    items = [{"index": i, "caption": p.caption, "short_caption": p.short_caption, "hard_negative": p.hard_negative}
+             for i, p in enumerate(read_pairs(setup["negatives"])[:3])]  # fmt: skip
+    del items[1]["hard_negative"]  # as a webdataset sample without neg.txt: it adds no negative
+    batch = task.collate([items[0], None, *items[1:]])
+    assert batch["negative_ids"].shape[0] == 2 and batch["num_bad"] == 1
+    with torch.no_grad():
+        loss = float(task(batch).loss)
+        q = task.model.embed([i["caption"] for i in items], options.instruction)
+        d = task.model.embed([i["short_caption"] for i in items])
+        n = task.model.embed([items[0]["hard_negative"], items[2]["hard_negative"]])
+    # By hand: query r scores cos x 5 against the 3 documents and the 2 hard negatives; -log softmax of its own.
+    candidates = [*d, *n]
+    expected = 0.0
+    for r in range(3):
+        scores = [5.0 * float(F.cosine_similarity(q[r], c, dim=0)) for c in candidates]
+        expected -= scores[r] - math.log(sum(math.exp(s) for s in scores))
+    assert loss == pytest.approx(expected / 3, rel=1e-5)
+    # The negatives count: without them the loss is smaller (fewer candidates to beat).
+    plain = {k: v for k, v in batch.items() if not k.startswith("negative_")}
+    with torch.no_grad():
+        assert float(task(plain).loss) < loss
+
+
+def test_llm2clip_text_trains_with_hard_negatives(setup, tmp_path):
+    common = _common(setup, tmp_path / "run", data=str(setup["negatives"]), max_steps=2, lr=1e-2)
+    summary = train(TrainConfig.for_method("llm2clip-text", **common), LLM2CLIPTextOptions(lora_r=4))
+    assert summary["finished"]
+    rows = [row for row in _metrics(tmp_path / "run") if "loss" in row]
+    assert [row["hard_negatives"] for row in rows] == [4.0, 4.0]  # one per row of each batch of 4
+    assert all(math.isfinite(row["loss"]) for row in rows)
+    assert (tmp_path / "run" / "language_model" / "model.safetensors").is_file()
 
 
 def test_llm2clip_trains_adapter_and_vision_from_the_cache_only(setup, tmp_path, monkeypatch):
@@ -191,8 +205,11 @@ def test_llm2clip_methods_under_two_gloo_processes(setup, tmp_path):
     assert abs(float(loss) - ddp_losses[0]) < 1e-4, (float(loss), ddp_losses[0])
 
     # llm2clip-text under two processes: runs, and every rank's steps are logged.
-    _torchrun("llm2clip-text", lm, data, str(tmp_path / "text"))
-    assert len([row for row in _metrics(tmp_path / "text") if "loss" in row]) == 2
+    # llm2clip-text under two processes, with hard negatives: runs, every rank's steps are logged, and the loss
+    # of each step saw the hard negatives of both ranks.
+    _torchrun("llm2clip-text", lm, str(setup["negatives"]), str(tmp_path / "text"))
+    rows = [row for row in _metrics(tmp_path / "text") if "loss" in row]
+    assert len(rows) == 2 and all(row["hard_negatives"] == 8 for row in rows)
     assert (tmp_path / "text" / "language_model" / "model.safetensors").is_file()
 
 

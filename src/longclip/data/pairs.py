@@ -57,11 +57,14 @@ class CaptionedImage:
         image: Path of the image file, already joined with the image root.
         caption: The long caption.
         short_caption: The short caption: given by the source, or :func:`first_sentence` of ``caption``.
+        hard_negative: A caption that must not match this image's captions (a ``hard_negative`` column), or None.
+            Only ``--method llm2clip-text`` uses it; the other methods ignore it.
     """
 
     image: str
     caption: str
     short_caption: str
+    hard_negative: str | None = None
 
 
 def read_sharegpt4v(
@@ -133,7 +136,9 @@ def read_caption_table(
     """Read a CSV or TSV table of image paths and captions.
 
     The table has a header row with the columns ``image`` and ``caption`` and optionally ``short_caption`` (an empty
-    cell there, or no such column, gives the caption's first sentence); other columns are ignored. ``.csv`` files
+    cell there, or no such column, gives the caption's first sentence) and ``hard_negative`` (a caption of another
+    image that looks like this one's, for caption-contrastive tuning; when the column is there, every row needs
+    one); other columns are ignored. ``.csv`` files
     are comma separated, ``.tsv`` and ``.tab`` files tab separated, and for any other suffix the delimiter is sniffed.
     Fields may be quoted, so captions can contain the delimiter, quotes and line breaks.
 
@@ -165,10 +170,11 @@ def read_caption_table(
     if missing:
         raise ValueError(
             f"{path}: missing required column {missing[0]!r} (required: 'image', 'caption'; "
-            f"optional: 'short_caption'); columns found: {header}"
+            f"optional: 'short_caption', 'hard_negative'); columns found: {header}"
         )
     image_col, caption_col = header.index("image"), header.index("caption")
     short_col = header.index("short_caption") if "short_caption" in header else None
+    negative_col = header.index("hard_negative") if "hard_negative" in header else None
 
     pairs = []
     while (row := _next_row(reader, path)) is not None:
@@ -187,7 +193,16 @@ def read_caption_table(
         if not caption:
             raise ValueError(f"{where}: empty 'caption' cell")
         short = row[short_col].strip() if short_col is not None else ""
-        pairs.append(CaptionedImage(str(root / image), caption, short or short_caption(caption)))
+        negative = None
+        if negative_col is not None:
+            # All rows or none: a blank cell is more likely a slip than a row meant to train without one.
+            negative = row[negative_col].strip()
+            if not negative:
+                raise ValueError(
+                    f"{where}: empty 'hard_negative' cell; when the table has that column every row needs one "
+                    "(drop the column to train without hard negatives)"
+                )
+        pairs.append(CaptionedImage(str(root / image), caption, short or short_caption(caption), negative))
     logger.info("read %d pairs from %s", len(pairs), path)
     return pairs
 
@@ -292,7 +307,8 @@ def split_holdout(pairs: Sequence[CaptionedImage], n: int) -> tuple[list[Caption
 class PairDataset(Dataset):
     """Map-style dataset over :class:`CaptionedImage` records that loads and preprocesses each image.
 
-    Items are dicts ``{"index": int, "pixels": FloatTensor[3, H, W], "caption": str, "short_caption": str}``, or
+    Items are dicts ``{"index": int, "pixels": FloatTensor[3, H, W], "caption": str, "short_caption": str}`` (and
+    ``"hard_negative": str`` for pairs that have one), or
     ``None`` when the image is missing or cannot be decoded (logged at DEBUG with the path and reason), so that one
     bad file does not stop a run; :class:`CaptionCollator` drops and counts them.
     """
@@ -321,7 +337,10 @@ class PairDataset(Dataset):
         except (ImageLoadError, FileNotFoundError) as exc:
             logger.debug("skipping pair %d, image %s: %s", index, pair.image, exc)
             return None
-        return {"index": index, "pixels": pixels, "caption": pair.caption, "short_caption": pair.short_caption}
+        item = {"index": index, "pixels": pixels, "caption": pair.caption, "short_caption": pair.short_caption}
+        if pair.hard_negative is not None:
+            item["hard_negative"] = pair.hard_negative
+        return item
 
 
 class CaptionCollator:

@@ -2,7 +2,8 @@
 
 A shard is a tar file whose members are grouped into samples by name: ``000017.jpg`` (or another suffix of
 ``longclip.images.IMAGE_EXTENSIONS``), ``000017.txt`` (the long caption) and optionally ``000017.short.txt`` (the
-short caption; else the long caption's first sentence). Tar reading and brace expansion (``shards-{000..009}.tar``)
+short caption; else the long caption's first sentence) and ``000017.neg.txt`` (a hard negative caption, used only by
+``--method llm2clip-text``). Tar reading and brace expansion (``shards-{000..009}.tar``)
 come from the ``webdataset`` library (1.0.x), an optional dependency imported only when a stream is built or read.
 
 Splitting is deterministic and by whole shards, so that no two ranks (or workers) ever see the same sample: shard
@@ -34,6 +35,7 @@ _IMAGE_KEYS: tuple[str, ...] = tuple(sorted(suffix.lstrip(".") for suffix in IMA
 
 _CAPTION_KEY = "txt"
 _SHORT_CAPTION_KEY = "short.txt"
+_HARD_NEGATIVE_KEY = "neg.txt"
 
 
 def _import_webdataset() -> ModuleType:
@@ -60,8 +62,10 @@ def webdataset_pairs(
     """Stream image/caption pairs from webdataset tar shards, reading only this rank's share of them.
 
     Each sample holds an image (``jpg``, ``jpeg``, ``png`` or ``webp``), a ``txt`` long caption and optionally a
-    ``short.txt`` short caption (else :func:`~longclip.data.first_sentence` of the long one). The stream yields the
-    same items as :class:`~longclip.data.PairDataset` (``{"index", "pixels", "caption", "short_caption"}``), or
+    ``short.txt`` short caption (else :func:`~longclip.data.first_sentence` of the long one) and optionally a
+    ``neg.txt`` hard negative caption. The stream yields the same items as :class:`~longclip.data.PairDataset`
+    (``{"index", "pixels", "caption", "short_caption"}``, plus ``"hard_negative"`` for samples with a ``neg.txt``;
+    samples without one are kept and simply add no hard negative), or
     ``None`` for a sample whose image cannot be decoded or that lacks an image or caption, so use it with
     :class:`~longclip.data.CaptionCollator`. ``index`` is the running sample number of the stream: ``0, 1, 2, ...``
     with a single DataLoader worker, and ``k * num_workers + worker_id`` for a worker's ``k``-th sample otherwise,
@@ -241,7 +245,11 @@ class WebDatasetPairs(IterableDataset):
         except ImageLoadError as exc:
             logger.debug("skipping %s: %s", where, exc.reason)
             return None
-        return {"index": index, "pixels": pixels, "caption": caption, "short_caption": short_caption}
+        item = {"index": index, "pixels": pixels, "caption": caption, "short_caption": short_caption}
+        negative = _decode_text(sample.get(_HARD_NEGATIVE_KEY, b""))
+        if negative:
+            item["hard_negative"] = negative
+        return item
 
 
 _BAD_SHARD = "__bad_shard__"

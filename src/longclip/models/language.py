@@ -218,6 +218,25 @@ def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def is_causal_model(model: nn.Module) -> bool:
+    """Whether a transformers model is a causal decoder (some attention module has ``is_causal`` set)."""
+    return any(getattr(m, "is_causal", False) is True for m in model.modules())
+
+
+def set_bidirectional(model: nn.Module, on: bool) -> None:
+    """Switch a causal decoder's causal mask off (``on``) or back on, as LLM2Vec does; padding stays masked.
+
+    Works on a base model (``LlamaModel``) or one with a head (``LlamaForCausalLM``): they share the config.
+    """
+    # transformers reads both: the config picks the mask builder (create_causal_mask falls back to a
+    # bidirectional mask when config.is_causal is False), and with no padding the mask is skipped and SDPA
+    # uses each attention module's own is_causal flag.
+    model.config.is_causal = not on
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = not on
+
+
 class LanguageEncoder(nn.Module):
     """A transformers base model (``AutoModel``) pooled into one vector per text.
 
@@ -235,7 +254,7 @@ class LanguageEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model = model
         self.pooling = pooling
-        self.is_decoder = any(getattr(m, "is_causal", False) is True for m in model.modules())
+        self.is_decoder = is_causal_model(model)
         self._bidirectional = False
         self.bidirectional = bidirectional
 
@@ -252,13 +271,7 @@ class LanguageEncoder(nn.Module):
     def bidirectional(self, on: bool) -> None:
         if not self.is_decoder:
             return
-        # transformers reads both: the config picks the mask builder (create_causal_mask falls back to a
-        # bidirectional mask when config.is_causal is False), and with no padding the mask is skipped and SDPA
-        # uses each attention module's own is_causal flag.
-        self.model.config.is_causal = not on
-        for module in self.model.modules():
-            if isinstance(getattr(module, "is_causal", None), bool):
-                module.is_causal = not on
+        set_bidirectional(self.model, on)
         self._bidirectional = bool(on)
 
     def forward(
@@ -295,7 +308,43 @@ def load_language_model(
         dtype: Weight dtype (float32 by default).
         pool_prefix: See ``LanguageTokenizer``.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    model, tokenizer = _load_pretrained(name_or_path, AutoModel, dtype)
+    encoder = LanguageEncoder(model, pooling=pooling, bidirectional=bidirectional).eval()
+    return encoder, LanguageTokenizer(tokenizer, context_length or _context_limit(model), pool_prefix=pool_prefix)
+
+
+def load_causal_language_model(
+    name_or_path: str | os.PathLike, context_length: int | None = None, dtype: torch.dtype | None = None
+) -> tuple[nn.Module, LanguageTokenizer]:
+    """Load a decoder with its language-modelling head (``AutoModelForCausalLM``) and its tokenizer.
+
+    For training the decoder itself (masked next-token prediction); its attention is left causal (see
+    ``set_bidirectional``). Accepts what ``load_language_model`` accepts.
+
+    Raises:
+        ValueError: The model is not a causal decoder (e.g. a BERT-like encoder).
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, tokenizer = _load_pretrained(name_or_path, AutoModelForCausalLM, dtype)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ValueError(f"{name_or_path} is not a decoder language model (no causal-LM class for it)") from e
+    if not is_causal_model(model):
+        raise ValueError(
+            f"{name_or_path} is not a causal decoder (Llama-like); its attention is bidirectional already"
+        )
+    return model.eval(), LanguageTokenizer(tokenizer, context_length or _context_limit(model))
+
+
+def _load_pretrained(name_or_path: str | os.PathLike, auto_class, dtype: torch.dtype | None):
+    """A transformers model (through ``auto_class``) and its tokenizer, from anything ``resolve_language_model``
+    takes."""
+    from transformers import AutoTokenizer
 
     where, gguf_file = resolve_language_model(name_or_path)
     if not gguf_file and not Path(where).is_dir() and Path(where).exists():
@@ -303,10 +352,34 @@ def load_language_model(
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     with quiet_transformers_progress():
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        model = AutoModel.from_pretrained(where, dtype=dtype or torch.float32, **extra)
-    limit = min(getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    encoder = LanguageEncoder(model, pooling=pooling, bidirectional=bidirectional).eval()
-    return encoder, LanguageTokenizer(tokenizer, context_length or limit, pool_prefix=pool_prefix)
+        model = auto_class.from_pretrained(where, dtype=dtype or torch.float32, **extra, **_unpacked(gguf_file))
+    quantizer = getattr(model, "hf_quantizer", None)
+    if gguf_file and quantizer is not None and quantizer.quantization_config.quant_method == "gguf":
+        # The weights are plain tensors now; without the marker the model trains (LoRA) and saves like any other
+        # (transformers refuses to save a model it still takes for a GGUF-quantized one).
+        quantizer.remove_quantization_config(model)
+    return model, tokenizer
+
+
+def _unpacked(gguf_file: str | None) -> dict:
+    """``from_pretrained`` arguments that unpack a GGUF file's weights into plain float tensors.
+
+    transformers versions that can keep GGUF weights packed (when a matmul kernel is installed) take a
+    ``GgufConfig(dequantize=True)``; older ones always unpack.
+    """
+    if not gguf_file:
+        return {}
+    try:
+        from transformers import GgufConfig
+
+        return {"quantization_config": GgufConfig(dequantize=True)}
+    except (ImportError, TypeError):
+        return {}
+
+
+def _context_limit(model: nn.Module) -> int:
+    """The model's own context, at most ``DEFAULT_CONTEXT`` (LLM2CLIP's 512)."""
+    return min(getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
 
 
 @torch.no_grad()

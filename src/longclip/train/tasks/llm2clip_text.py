@@ -2,11 +2,12 @@
 
 LLM2CLIP (Huang et al., 2024, Sec. 3) tunes the language model so that its mean-pooled embeddings tell captions of
 different images apart: supervised SimCSE (Gao et al., 2021) over two captions of the same image, with in-batch
-negatives (and hard negatives when given), as llm2vec's ``HardNegativeNLLLoss``: cosine similarities of each query
-to every document times a scale of 50, cross-entropy towards its own. The query side carries an instruction that is
-read but not pooled. Only LoRA adapters train (``peft``; r 16, alpha 32, dropout 0.05 on the attention and MLP
-projections; lr 2e-4). The optional masked-next-token stage before it, which the authors say matters little, is
-not implemented.
+negatives and the data's hard negatives (a ``hard_negative`` column, a ``neg.txt`` in webdataset shards), as
+llm2vec's ``HardNegativeNLLLoss``: cosine similarities of each query to every document and every hard negative of the
+global batch times a scale of 50, cross-entropy towards its own document. The query side carries an instruction that
+is read but not pooled. Only LoRA adapters train (``peft``; r 16, alpha 32, dropout 0.05 on the attention and MLP
+projections; lr 2e-4). The optional masked-next-token stage that may come before it is ``--method llm2clip-mntp``
+(``llm2clip_mntp.py``).
 
 The trained language model is saved as a transformers directory (LoRA merged, or the adapter beside the base
 weights with ``--no-merge``) that ``longclip llm-embed --model`` reads. Caption-to-caption retrieval accuracy on
@@ -174,27 +175,45 @@ class LLM2CLIPTextTask(Task):
         return model
 
     def collate(self, items: list[dict | None]) -> dict[str, Any]:
+        """Queries (behind the instruction) and documents; the items' hard negatives, if any, as a third text.
+
+        Hard negatives are read as documents are (no instruction). An item without one adds none, so a batch may
+        hold fewer negatives than rows (``negative_*`` keys are absent when it holds none).
+        """
         good = [item for item in items if item is not None]
         long, short = [i["caption"] for i in good], [i["short_caption"] for i in good]
         queries, documents = (long, short) if self.options.query == "long" else (short, long)
         query, query_pool = self.model.tokenizer.batch_with_instruction(queries, self.options.instruction)
         document, document_pool = self.model.tokenizer.batch_with_instruction(documents, "")
-        return {
+        batch = {
             "query_ids": query.input_ids, "query_mask": query.attention_mask, "query_pool": query_pool,
             "document_ids": document.input_ids, "document_mask": document.attention_mask,
             "document_pool": document_pool,
             "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
             "num_bad": len(items) - len(good),
         }  # fmt: skip
+        negatives = [item["hard_negative"] for item in good if item.get("hard_negative")]
+        if negatives:
+            negative, negative_pool = self.model.tokenizer.batch_with_instruction(negatives, "")
+            batch.update(negative_ids=negative.input_ids, negative_mask=negative.attention_mask,
+                         negative_pool=negative_pool)  # fmt: skip
+        return batch
 
     def forward(self, batch: dict[str, Any]) -> LossOutput:
         language = self.model.language_model
         q = language(batch["query_ids"], batch["query_mask"], batch["query_pool"])
         d = language(batch["document_ids"], batch["document_mask"], batch["document_pool"])
+        if "negative_ids" in batch:
+            n = language(batch["negative_ids"], batch["negative_mask"], batch["negative_pool"])
+        else:
+            # No rows, but part of the graph: under DDP another rank may have hard negatives, and every rank must
+            # then take part in the gather's backward all-reduce.
+            n = d[:0]
         with self.full_precision():
-            q, d = gather_with_grad(q.float(), self.context), gather_with_grad(d.float(), self.context)
-            loss = caption_contrastive_loss(q, d, scale=self.options.scale)
-        return LossOutput(loss, {"loss_caption": float(loss.detach())})
+            gather = lambda t: gather_with_grad(t.float(), self.context)  # noqa: E731
+            q, d, n = gather(q), gather(d), gather(n)
+            loss = caption_contrastive_loss(q, d, n if len(n) else None, scale=self.options.scale)
+        return LossOutput(loss, {"loss_caption": float(loss.detach()), "hard_negatives": float(len(n))})
 
     def after_step(self) -> None:
         """Nothing to clamp: the similarity scale is fixed."""
