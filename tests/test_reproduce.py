@@ -1,5 +1,7 @@
 """`longclip reproduce --quick`: the whole offline pipeline, end to end."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -12,10 +14,24 @@ METRICS = ("long_text_to_image_r1", "long_image_to_text_r1", "short_image_to_sum
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def quiet_run(tmp_path_factory):
+    """``longclip -q reproduce --quick``, with what it wrote to stdout and stderr."""
     output = tmp_path_factory.mktemp("reproduce")
-    assert main(["-q", "reproduce", "--quick", "--output", str(output)]) == 0
-    return output
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # tqdm writes to sys.stderr of the moment
+        assert main(["-q", "reproduce", "--quick", "--output", str(output)]) == 0
+    return output, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(quiet_run):
+    return quiet_run[0]
+
+
+def test_quiet_draws_no_progress_bar(quiet_run):
+    _, out, err = quiet_run
+    for bar in ("it/s", "s/it", "step/s", "s/step", "%|"):
+        assert bar not in err and bar not in out, (bar, err[-500:])
 
 
 def test_results_cover_every_variant(run):
