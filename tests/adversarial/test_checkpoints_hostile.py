@@ -488,6 +488,34 @@ def test_hostile_config_values_are_named_before_building(tmp_path, good_dir, tow
     assert f"not a valid CLIP config: field {tower}.{field} is " in message and expected in message, message
 
 
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("text_model.encoder.layers.1.mlp.fc1.weight", (65, 32)),
+        ("vision_model.encoder.layers.1.layer_norm1.bias", (31,)),
+        ("visual_projection.weight", (17, 32)),
+        ("logit_scale", (2,)),
+        ("text_model.encoder.layers.1.self_attn.q_proj.weight", None),  # missing
+    ],
+)
+def test_a_mis_shaped_or_missing_tensor_is_named_not_left_to_a_hidden_report(tmp_path, good_dir, name, shape):
+    """transformers would raise "look at the above report", a report the CLI's log level hides: name the tensor."""
+
+    def edit(weights):
+        if shape is None:
+            del weights[name]
+        else:
+            weights[name] = torch.ones(shape)
+
+    folder = edit_weights(copy_dir(good_dir, tmp_path), edit)
+    with pytest.raises(CheckpointError) as error:
+        build_model(read_checkpoint(folder))
+    message = str(error.value)
+    expected = f"missing keys: {name}" if shape is None else f"tensor {name} has shape {shape}"
+    assert expected in message and str(folder) in message, message
+    assert "\n" not in message and "report" not in message
+
+
 def test_unknown_activation_lists_the_accepted_ones(tmp_path, good_dir):
     folder = edit_config(copy_dir(good_dir, tmp_path), lambda c: c["vision_config"].__setitem__("hidden_act", "nope"))
     with pytest.raises(CheckpointError, match="hidden_act is 'nope'; expected one of .*quick_gelu"):
