@@ -66,3 +66,28 @@ def test_a_second_run_reuses_the_data_and_the_pretrained_clip(run):
     data = prepare_data(run / "data", SCALES["quick"], seed=0)
     assert pretrain(run / "clip77", data, SCALES["quick"], seed=0, device="cpu") == run / "clip77"
     assert weights.stat().st_mtime_ns == before
+
+
+def test_each_training_bar_names_the_variant_and_where_it_writes(tmp_path, monkeypatch):
+    """``reproduce`` labels every training it starts (visible without -q): the method, the variant, the folder."""
+    import longclip.train
+    from longclip.reproduce import finetune
+
+    labels = []
+
+    def fake_train(config, options=None, description=None):
+        labels.append((description, config.output))
+        return {"model": str(tmp_path / "trained")}
+
+    monkeypatch.setattr(longclip.train, "train", fake_train)
+    data = {"finetune": tmp_path / "finetune.csv"}
+    for name, description, stages in VARIANTS:
+        if stages is not None:
+            finetune(tmp_path / "clip77", tmp_path / name, data, SCALES["quick"], 0, "cpu", stages, False, description)
+    assert len(labels) == sum(len(stages) for _, _, stages in VARIANTS if stages)
+    for label, output in labels:
+        assert label.endswith(f"-> {output}"), label
+    distill = tmp_path / "tulip" / "tulip-distill"  # a variant of two stages writes each to its own folder
+    assert labels[-2][0] == f"tulip-distill rotary distill + fine-tune (TULIP) -> {distill}"
+    assert labels[-1][0].startswith("tulip-finetune rotary distill + fine-tune (TULIP) -> ")
+    assert any(label.startswith("longclip KPS + PCM (Long-CLIP) -> ") for label, _ in labels)
