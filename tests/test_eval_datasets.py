@@ -380,6 +380,118 @@ def test_folder_reads_class_subfolders(tmp_path):
     assert [Path(p).name for p in data.images] == ["b.jpg", "c.jpg", "a.png"]
 
 
+# --- what a reader leaves out is reported -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def warnings_of_readers(caplog):
+    """The warnings the data set readers log, as one string (caplog at WARNING on longclip.eval.datasets)."""
+    with caplog.at_level("WARNING", logger="longclip.eval.datasets"):
+        yield caplog
+
+
+def test_coco_reports_image_files_not_in_the_annotations_and_images_without_captions(tmp_path, warnings_of_readers):
+    root = make_coco(tmp_path)
+    stray = save_photo(root / "val2017" / "000000000099.jpg", 0)
+    annotations = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    annotations["images"].append({"id": 40, "file_name": "000000000040.jpg"})  # listed, but no caption
+    write_json(root / "annotations" / "captions_val2017.json", annotations)
+    save_photo(root / "val2017" / "000000000040.jpg", 1)
+    data = load_dataset("coco", root)
+    assert data.dropped == [stray] and stray not in data.images
+    log = warnings_of_readers.text
+    assert f"1 image file(s) in {root / 'val2017'} are not in captions_val2017.json and are not evaluated" in log
+    assert f"(first: {stray})" in log
+    # An image listed without a caption stays a candidate (as CocoCaptions keeps it), with a warning naming it.
+    assert str(root / "val2017" / "000000000040.jpg") in data.images
+    assert "1 image(s) listed in captions_val2017.json have no caption" in log and "000000000040.jpg" in log
+
+
+def test_flickr30k_full_set_reports_image_files_without_captions(tmp_path, warnings_of_readers):
+    root = make_flickr(tmp_path)
+    stray = save_photo(root / "flickr30k-images" / "999.jpg", 0)
+    data = load_dataset("flickr30k", root)
+    assert data.dropped == [stray] and len(data.images) == 4
+    log = warnings_of_readers.text
+    assert "1 image file(s)" in log and "have no caption in results_20130124.token" in log and stray in log
+
+
+def test_flickr30k_1k_reports_test_records_without_sentences_but_not_the_other_splits(tmp_path, warnings_of_readers):
+    root = make_flickr(tmp_path)
+    document = json.loads((root / "dataset_flickr30k.json").read_text())
+    document["images"][3]["sentences"] = []  # 400.jpg, a "test" record
+    write_json(root / "dataset_flickr30k.json", document)
+    data = load_dataset("flickr30k-1k", root)
+    assert [Path(p).name for p in data.images] == ["200.jpg"]
+    assert data.dropped == [str(root / "flickr30k-images" / "400.jpg")]
+    log = warnings_of_readers.text
+    assert '1 "test" record(s) of dataset_flickr30k.json have no sentence and are not evaluated' in log
+    assert "400.jpg" in log
+    assert "100.jpg" not in log and "300.jpg" not in log  # other splits are the protocol's cut, not a drop
+
+
+def test_long_dci_reports_the_annotations_it_skips(tmp_path, warnings_of_readers):
+    root = make_dci(tmp_path)
+    data = load_dataset("long-dci", root)
+    photo = str(root / "densely_captioned_images" / "photos" / "sa_3.jpg")
+    assert data.dropped == [photo]
+    assert "1 annotation(s) have an empty extra_caption" in warnings_of_readers.text
+    assert f"(first: {photo})" in warnings_of_readers.text
+
+
+def test_class_folders_report_files_that_are_not_images_or_lie_outside_the_classes(tmp_path, warnings_of_readers):
+    save_photo(tmp_path / "cat" / "a.png", 1)
+    save_photo(tmp_path / "dog" / "b.jpg", 0)
+    (tmp_path / "dog" / "c.heic").write_bytes(b"an image in a format we do not read")
+    (tmp_path / "dog" / ".DS_Store").write_bytes(b"")  # hidden files are not counted
+    save_photo(tmp_path / "loose.jpg", 2)
+    data = load_dataset("folder", tmp_path)
+    assert data.labels == [0, 1]
+    assert data.dropped == [str(tmp_path / "dog" / "c.heic"), str(tmp_path / "loose.jpg")]
+    log = warnings_of_readers.text
+    assert "1 file(s) in the class folders of" in log and "are not images" in log and "c.heic" in log
+    assert f"1 file(s) in {tmp_path} lie outside every class folder and are not evaluated" in log
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("coco", make_coco),
+        ("flickr30k", make_flickr),
+        ("flickr30k-1k", make_flickr),
+        ("urban1k", make_urban1k),
+        ("dci", make_dci),
+        ("docci", make_docci),
+        ("cifar10", make_cifar),
+    ],
+)
+def test_complete_copies_drop_nothing_and_warn_nothing(tmp_path, warnings_of_readers, name, make):
+    data = load_dataset(name, make(tmp_path))
+    assert data.dropped == [] and warnings_of_readers.text == ""
+
+
+def test_evaluate_counts_what_the_reader_dropped(tmp_path, model):
+    urban = make_urban1k(tmp_path / "urban")
+    save_photo(urban / "image" / "99.jpg", 0)
+    retrieval = evaluate(model, "urban1k", urban)
+    assert (retrieval["num_images"], retrieval["num_skipped"], retrieval["num_dropped"]) == (4, 0, 1)
+    folder = tmp_path / "folder"
+    save_photo(folder / "cat" / "a.png", 1)
+    save_photo(folder / "dog" / "b.jpg", 0)
+    (folder / "dog" / "notes.txt").write_text("not an image")
+    classification = evaluate(model, "folder", folder, templates=["a {}."])
+    assert classification["num_dropped"] == 1 and classification["num_images"] == 2
+    clean = evaluate(model, "docci", make_docci(tmp_path / "docci"))
+    assert clean["num_dropped"] == 0
+    notes = format_markdown([retrieval, classification, clean]).splitlines()
+    assert any(
+        line.startswith("- urban1k: Urban-1k") and "(1 file(s) left out by the data set reader" in line
+        for line in notes
+    )
+    assert any(line.startswith("- folder: ") and "(1 file(s) left out" in line for line in notes)
+    assert not any(line.startswith("- docci: ") and "left out" in line for line in notes)
+
+
 # --- missing and malformed layouts -----------------------------------------------------------------------------------
 
 

@@ -1,5 +1,7 @@
 """`longclip reproduce --quick`: the whole offline pipeline, end to end."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -12,10 +14,24 @@ METRICS = ("long_text_to_image_r1", "long_image_to_text_r1", "short_image_to_sum
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def quiet_run(tmp_path_factory):
+    """``longclip -q reproduce --quick``, with what it wrote to stdout and stderr."""
     output = tmp_path_factory.mktemp("reproduce")
-    assert main(["-q", "reproduce", "--quick", "--output", str(output)]) == 0
-    return output
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # tqdm writes to sys.stderr of the moment
+        assert main(["-q", "reproduce", "--quick", "--output", str(output)]) == 0
+    return output, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(quiet_run):
+    return quiet_run[0]
+
+
+def test_quiet_draws_no_progress_bar(quiet_run):
+    _, out, err = quiet_run
+    for bar in ("it/s", "s/it", "step/s", "s/step", "%|"):
+        assert bar not in err and bar not in out, (bar, err[-500:])
 
 
 def test_results_cover_every_variant(run):
@@ -50,3 +66,28 @@ def test_a_second_run_reuses_the_data_and_the_pretrained_clip(run):
     data = prepare_data(run / "data", SCALES["quick"], seed=0)
     assert pretrain(run / "clip77", data, SCALES["quick"], seed=0, device="cpu") == run / "clip77"
     assert weights.stat().st_mtime_ns == before
+
+
+def test_each_training_bar_names_the_variant_and_where_it_writes(tmp_path, monkeypatch):
+    """``reproduce`` labels every training it starts (visible without -q): the method, the variant, the folder."""
+    import longclip.train
+    from longclip.reproduce import finetune
+
+    labels = []
+
+    def fake_train(config, options=None, description=None):
+        labels.append((description, config.output))
+        return {"model": str(tmp_path / "trained")}
+
+    monkeypatch.setattr(longclip.train, "train", fake_train)
+    data = {"finetune": tmp_path / "finetune.csv"}
+    for name, description, stages in VARIANTS:
+        if stages is not None:
+            finetune(tmp_path / "clip77", tmp_path / name, data, SCALES["quick"], 0, "cpu", stages, False, description)
+    assert len(labels) == sum(len(stages) for _, _, stages in VARIANTS if stages)
+    for label, output in labels:
+        assert label.endswith(f"-> {output}"), label
+    distill = tmp_path / "tulip" / "tulip-distill"  # a variant of two stages writes each to its own folder
+    assert labels[-2][0] == f"tulip-distill rotary distill + fine-tune (TULIP) -> {distill}"
+    assert labels[-1][0].startswith("tulip-finetune rotary distill + fine-tune (TULIP) -> ")
+    assert any(label.startswith("longclip KPS + PCM (Long-CLIP) -> ") for label, _ in labels)

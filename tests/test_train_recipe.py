@@ -130,6 +130,60 @@ def test_a_failed_start_leaves_no_output(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_start_that_fails_on_its_first_batch_leaves_no_half_made_run(data, tmp_path):
+    from longclip.train import TrainingError
+
+    # A wrong --image-root is only found when the first batch is read, after config.json was written.
+    with pytest.raises(TrainingError, match="--image-root"):
+        _run(data, tmp_path / "run", image_root=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(TrainingError):
+        _run(data, tmp_path / "mine", image_root=str(tmp_path / "nowhere"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # a folder it did not make is kept
+    # The same folder then takes the corrected run, without --overwrite.
+    assert _run(data, tmp_path / "run")["finished"]
+
+    # A stop for unreadable images keeps bad_images.txt (the report of why), not config.json; the next start
+    # replaces the report instead of calling the folder a run.
+    from longclip.train.distributed import DistributedContext
+    from longclip.train.trainer import epoch_batches
+
+    first = epoch_batches(8, 2, DistributedContext(), seed=0, epoch=0)[0]  # the rows of the first batch
+    lines = (data / "pairs.csv").read_text().splitlines()
+    lines[first[0] + 1] = "missing.png," + lines[first[0] + 1].split(",", 1)[1]
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrainingError, match="could not be read"):
+        _run(data, tmp_path / "again", data=str(tmp_path / "bad.csv"), image_root=str(data), max_bad_fraction=0.05)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["bad_images.txt"]
+    assert _run(data, tmp_path / "again")["finished"]
+    assert not (tmp_path / "again" / "bad_images.txt").exists()
+
+
+def test_a_training_checkpoint_folder_loads_with_load_info_and_eval(data, tmp_path, capsys):
+    import shutil
+
+    import longclip
+    from longclip.cli import main
+
+    _run(data, tmp_path / "run", epochs=1, save_every=2)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"  # the folder itself, not its model/
+    model, preprocess = longclip.load(checkpoint)
+    assert model.context_length == 248 and callable(preprocess)
+    assert main(["info", str(checkpoint)]) == 0
+    assert "context 248 tokens" in capsys.readouterr().out
+    urban = tmp_path / "urban"
+    for folder in ("image", "caption"):
+        (urban / folder).mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(data / f"{i}.png", urban / "image" / f"{i}.jpg")  # PIL reads by content, not by suffix
+        (urban / "caption" / f"{i}.txt").write_text(f"A picture number {i}.\n")
+    argv = ["eval", "--model", str(checkpoint), "--dataset", f"urban1k={urban}", "--device", "cpu"]
+    assert main([*argv, "--output", str(tmp_path / "results.json")]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())[0]["num_images"] == 3
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint_and_logs_no_row_twice(data, tmp_path, caplog):
     from longclip.train.checkpointing import list_checkpoints
 

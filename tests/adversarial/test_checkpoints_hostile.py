@@ -276,6 +276,123 @@ def test_corrupt_data_pkl_is_called_corrupt(tmp_path, openai_pt):
     assert "corrupt" in message and "objects other than tensors" not in message and "\n" not in message
 
 
+# --- legacy (pre-zip) torch.save files ---------------------------------------------------------------------------
+
+
+def legacy_save(obj: object, path: Path) -> Path:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+class _LegacyPickler(pickle.Pickler):
+    """Writes storage records as torch's legacy format does: (kind, storage type, key, location, numel, view)."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel, None)
+        return None
+
+
+def write_legacy(path: Path, root: object, data: dict[str, bytes]) -> Path:
+    """A legacy file by hand: magic number, protocol, system info, the object, the storage keys, each storage."""
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    buffer = __import__("io").BytesIO()
+    system = {"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"int": 4, "long": 8}}
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION, system):
+        pickle.dump(header, buffer, protocol=2)
+    _LegacyPickler(buffer, protocol=2).dump(root)
+    pickle.dump(list(data), buffer, protocol=2)
+    for payload in data.values():
+        buffer.write((len(payload) // 4).to_bytes(8, "little") + payload)  # the element count (float32), the bytes
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_legacy_torch_save_file_loads(tmp_path):
+    """A genuine pre-zip file (shared storages, views, several dtypes, wrapped under "state_dict") loads unchanged."""
+    torch.manual_seed(0)
+    weights = {"a.weight": torch.randn(4, 8), "b.weight": torch.randn(3).half(), "steps": torch.arange(5)}
+    weights["tied.weight"] = weights["a.weight"]
+    weights["a.tail"] = weights["a.weight"][2:]
+    path = legacy_save({"state_dict": weights, "epoch": 3}, tmp_path / "legacy.pt")
+    assert not zipfile.is_zipfile(path)
+    loaded = read_state_dict(path)
+    assert sorted(loaded) == sorted(weights)
+    for name, value in weights.items():
+        assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], value), name
+
+
+def test_hand_written_legacy_file_matches_torch(tmp_path):
+    """The writer the forged cases below use makes files torch reads: only the declared size differs in them."""
+    storage = _Storage("0", 4)
+    path = write_legacy(tmp_path / "four.pt", {"w": _Tensor(storage, (4,), (1,))}, {"0": bytes(16)})
+    assert torch.equal(read_state_dict(path)["w"], torch.zeros(4))
+
+
+def _refuse_before_torch_reads(path: Path) -> str:
+    """In the bounded child: torch.load may not even start (it allocates each storage at its declared size)."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("torch.load was reached: the declared sizes were not checked first")
+
+    torch.load = reached
+    return read_state_dict(path)
+
+
+@pytest.mark.parametrize("numel", [1 << 28, 1 << 40])  # 1 GiB (lazily allocatable), 4 TiB
+def test_legacy_storage_larger_than_the_file_is_refused_before_allocating(bounded, tmp_path, numel):
+    path = write_legacy(tmp_path / "huge.pt", {"w": _Tensor(_Storage("0", numel), (numel,), (1,))}, {"0": bytes(16)})
+    assert path.stat().st_size < 1000
+    outcome = bounded(_refuse_before_torch_reads, path, timeout_s=CASE_SECONDS, memory_mb=MEMORY_MARGIN >> 20)
+    message = outcome.raised("CheckpointError", match=rf"huge\.pt .*declare {numel * 4 + 8} bytes")
+    assert "weights_only" not in message
+
+
+def test_legacy_storages_adding_up_past_the_file_are_refused(bounded, tmp_path):
+    # 64 storages of 128 MiB each, each plausible alone: 8 GiB in all from a file of a few kilobytes.
+    root = {f"w{i}": _Tensor(_Storage(str(i), 1 << 25), (1 << 25,), (1,)) for i in range(64)}
+    path = write_legacy(tmp_path / "many.pt", root, {str(i): bytes(4) for i in range(64)})
+    outcome = bounded(_refuse_before_torch_reads, path, timeout_s=CASE_SECONDS, memory_mb=MEMORY_MARGIN >> 20)
+    outcome.raised("CheckpointError", match=r"many\.pt .*declare \d+ bytes but the file holds only")
+
+
+def test_truncated_legacy_file_names_the_file(tmp_path):
+    path = legacy_save({"w": torch.randn(64)}, tmp_path / "cut.pt")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"cut\.pt .*truncated"):
+        read_state_dict(path)
+
+
+class _MakesDirectory:
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def test_legacy_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    """Counting the storages reads the pickle with inert stand-ins: the global it names is neither imported nor run."""
+    marker = tmp_path / "ran"
+    path = legacy_save({"w": torch.ones(2), "x": _MakesDirectory(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused, so no code in it ran") as error:
+        read_state_dict(path)
+    assert "posix.mkdir" in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_corrupt_legacy_pickle_is_called_corrupt(tmp_path):
+    path = legacy_save({"w": torch.ones(2)}, tmp_path / "garbled.pt")
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x80\x02}")  # the object pickle (a dict) after the three header pickles
+    data[start + 3 : start + 9] = b"\xff" * 6
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"garbled\.pt .*corrupt") as error:
+        read_state_dict(path)
+    assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
@@ -369,6 +486,34 @@ def test_hostile_config_values_are_named_before_building(tmp_path, good_dir, tow
         build_model(read_checkpoint(folder))
     message = str(error.value)
     assert f"not a valid CLIP config: field {tower}.{field} is " in message and expected in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("text_model.encoder.layers.1.mlp.fc1.weight", (65, 32)),
+        ("vision_model.encoder.layers.1.layer_norm1.bias", (31,)),
+        ("visual_projection.weight", (17, 32)),
+        ("logit_scale", (2,)),
+        ("text_model.encoder.layers.1.self_attn.q_proj.weight", None),  # missing
+    ],
+)
+def test_a_mis_shaped_or_missing_tensor_is_named_not_left_to_a_hidden_report(tmp_path, good_dir, name, shape):
+    """transformers would raise "look at the above report", a report the CLI's log level hides: name the tensor."""
+
+    def edit(weights):
+        if shape is None:
+            del weights[name]
+        else:
+            weights[name] = torch.ones(shape)
+
+    folder = edit_weights(copy_dir(good_dir, tmp_path), edit)
+    with pytest.raises(CheckpointError) as error:
+        build_model(read_checkpoint(folder))
+    message = str(error.value)
+    expected = f"missing keys: {name}" if shape is None else f"tensor {name} has shape {shape}"
+    assert expected in message and str(folder) in message, message
+    assert "\n" not in message and "report" not in message
 
 
 def test_unknown_activation_lists_the_accepted_ones(tmp_path, good_dir):

@@ -109,7 +109,7 @@ def read_checkpoint(
             have the shapes its layout needs; the message names the tensor).
     """
     chosen = layout_named(layout) if layout is not None else None  # a bad name fails before any file is read
-    path = resolve(name_or_path, revision)
+    path = training_checkpoint_model(resolve(name_or_path, revision))
     if path.is_dir():
         if (path / "config.json").is_file():
             if chosen is not None:
@@ -146,11 +146,24 @@ def read_config(name_or_path: str | os.PathLike, revision: str | None = None) ->
 
     For what only needs the config (a processor, a tokenizer); a single file has to be read whole.
     """
-    path = resolve(name_or_path, revision)
+    path = training_checkpoint_model(resolve(name_or_path, revision))
     if path.is_dir() and (path / "config.json").is_file():
         config = read_config_json(path)
         return Checkpoint({}, config, config["model_type"], "hf", path, directory=path)
     return read_checkpoint(path)
+
+
+def training_checkpoint_model(path: Path) -> Path:
+    """The model folder of a training checkpoint (``checkpoints/step-N``), so that a run can be evaluated midway.
+
+    A training checkpoint holds ``state.json``, the optimizer and RNG states and the model as ``save_pretrained``
+    wrote it in ``model/``; any other path is returned unchanged.
+    """
+    model = path / "model"
+    if path.is_dir() and not (path / "config.json").exists() and (path / "state.json").is_file():
+        if (model / "config.json").is_file():
+            return model
+    return path
 
 
 def read_directory(folder: Path) -> Checkpoint:

@@ -12,12 +12,14 @@ Three containers reach us:
 
 A small hostile file must not cost more than its size suggests: zip entries must be stored uncompressed (torch
 never compresses what it writes) and pass their CRC check, every tensor must fit inside its own storage (no
-zero-stride views that expand on the first copy), and a TorchScript archive yields at most the tensor bytes it
-declares, from a module tree without cycles. ``docs/notes/hardening.md`` lists what is refused and why.
+zero-stride views that expand on the first copy), a legacy (pre-zip) ``torch.save`` file may not declare more
+storage bytes than it holds, and a TorchScript archive yields at most the tensor bytes it declares, from a module
+tree without cycles. The README's "Hostile checkpoints and configs" lists what is refused and why.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -85,6 +87,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path} ({size} bytes) is a corrupt zip archive: {type(e).__name__}: {e}") from e
         return _unwrap(_checked_views(_load_weights_only(path, size), path), path)
     if head[:1] == b"\x80":  # pickle protocol marker: torch.save's legacy (non-zip) format
+        check_legacy_sizes(path, size)
         return _unwrap(_checked_views(_load_weights_only(path, size), path), path)
     kind = "starts like a zip archive but has no readable central directory" if head[:2] == b"PK" else "is not"
     raise CheckpointError(
@@ -140,6 +143,138 @@ def _load_weights_only(path: Path, size: int) -> object:
         raise CheckpointError(
             f"{path} ({size} bytes) could not be read; the file is truncated or corrupt: {str(e).splitlines()[0]}"
         ) from e
+
+
+# --- legacy (pre-zip) torch.save files ---------------------------------------------------------------------------
+
+
+class _Inert:
+    """Stands in for every object a legacy pickle names while its storages are counted: it runs nothing.
+
+    The class and its instances accept whatever the pickle opcodes do with a class or an object (call, ``__new__``,
+    ``__setstate__``, item and list updates) and keep nothing.
+    """
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
+        return object.__new__(_Inert)  # also when ``cls`` is itself an instance (NEWOBJ on a stand-in)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, state: object = None) -> None:  # BUILD on the class itself passes only the state
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:  # an OrderedDict's SETITEMS
+        pass
+
+    def append(self, value: object = None) -> None:
+        pass
+
+    def extend(self, values: object = None) -> None:
+        pass
+
+    def add(self, value: object = None) -> None:
+        pass
+
+
+class _StorageKind:
+    def __init__(self, name: str, itemsize: int):
+        self.name, self.itemsize = name, itemsize
+
+
+class _CappedReader:
+    """A file's ``read``/``readline`` that never ask for more than the bytes left in it (no allocation by a length)."""
+
+    def __init__(self, file: io.BufferedReader, size: int):
+        self._file, self._size = file, size
+
+    def _left(self) -> int:
+        return max(self._size - self._file.tell(), 0)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._file.read(self._left() if n is None or n < 0 else min(n, self._left()))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._file.readline(self._left() if limit is None or limit < 0 else min(limit, self._left()))
+
+
+class _LegacyStorageCounter(pickle._Unpickler):  # the pure-Python unpickler: every read goes through _CappedReader
+    """Unpickles a legacy file's main pickle with inert stand-ins, recording each root storage's declared bytes."""
+
+    def __init__(self, file: _CappedReader, path: Path):
+        super().__init__(file)
+        self._path = path
+        self.storages: dict[object, int] = {}
+
+    def find_class(self, module: str, name: str) -> object:
+        if isinstance(name, str) and "Storage" in name:  # as torch's legacy loader resolves storage types
+            try:
+                dtype = torch.serialization.StorageType(name).dtype
+            except Exception:  # not a storage type torch knows: its own reader refuses it
+                dtype = None
+            if dtype is not None:
+                return _StorageKind(name, dtype.itemsize)
+        return _Inert
+
+    def persistent_load(self, pid: object) -> object:
+        kind = pid[0] if isinstance(pid, tuple) and pid else None
+        if isinstance(kind, bytes):
+            kind = kind.decode("ascii", "replace")
+        if kind == "module":  # a pickled nn.Module class (a whole model saved): torch's own reader refuses it
+            return _Inert
+        if kind != "storage":
+            return _Inert()
+        if len(pid) != 6 or not isinstance(pid[1], _StorageKind) or type(pid[4]) is not int or pid[4] < 0:
+            raise CheckpointError(f"{self._path}: a tensor storage record in the legacy torch.save file is corrupt")
+        _, storage, key, _location, numel, _view = pid
+        if not isinstance(key, (str, bytes, int)):
+            raise CheckpointError(f"{self._path}: a tensor storage record in the legacy torch.save file is corrupt")
+        self.storages.setdefault(key, numel * storage.itemsize)  # torch allocates a root storage when first named
+        return _Inert()
+
+
+def check_legacy_sizes(path: Path, size: int) -> None:
+    """Refuse a legacy ``torch.save`` file whose storages declare more bytes than it holds, before torch reads it.
+
+    The legacy format is five pickles (magic number, protocol version, system info, the object, the storage keys)
+    followed by each storage's bytes, uncompressed, behind an 8-byte element count. torch allocates every storage at
+    the size its record declares while unpickling the object, before it reads any data, so a few hundred bytes can
+    ask for gigabytes. Here the pickles are read first with inert stand-ins (nothing named in them is looked up or
+    called) and every root storage's declared bytes must fit into what follows them in the file.
+
+    Raises:
+        CheckpointError: The storages declare more bytes than the file holds, or the object pickle is corrupt.
+    """
+    with open(path, "rb") as f:
+        reader = _CappedReader(f, size)
+        try:  # magic number, protocol version, system info: torch refuses a wrong header itself, before allocating
+            header = [_LegacyStorageCounter(reader, path).load() for _ in range(3)]
+        except Exception:
+            return
+        if header[0] != torch.serialization.MAGIC_NUMBER:
+            return
+        counter = _LegacyStorageCounter(reader, path)
+        try:
+            counter.load()
+            _LegacyStorageCounter(reader, path).load()  # the list of storage keys
+        except CheckpointError:
+            raise
+        except Exception as e:
+            detail = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(
+                f"{path} ({size} bytes): its pickle is corrupt (legacy torch.save format): "
+                f"{type(e).__name__}: {detail}"
+            ) from None
+        held = size - f.tell()
+    declared = sum(counter.storages.values()) + 8 * len(counter.storages)
+    if declared > held:
+        raise CheckpointError(
+            f"{path} ({size} bytes): its tensor storages declare {declared} bytes but the file holds only {held} "
+            "after its pickles; it is truncated, or forged to make the reader allocate memory it does not hold"
+        )
 
 
 def _pickle_detail(error: Exception) -> str:

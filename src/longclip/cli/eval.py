@@ -19,9 +19,10 @@ examples:
 Data sets are given as NAME=DIR, or as NAME with the folder in a --root: bare names take the --root values in
 order, or all share a single --root. `longclip eval --list` shows each data set's expected layout. Every data set is
 checked before the model is loaded. Unreadable images are left out (with their captions) and counted under
-"skipped". The table printed (and written with --markdown) gives recall and accuracy in percent; --output writes
-CLIP_benchmark's keys (image_retrieval_recall@5, acc1, ...) as a JSON list; --clip-benchmark DIR writes one file
-per data set and task in CLIP_benchmark's own result layout.
+"skipped"; images a data set's files give no caption (and files that are not images) are left out with a warning
+and counted as num_dropped. The table printed (and written with --markdown) gives recall and accuracy in
+percent; --output writes CLIP_benchmark's keys (image_retrieval_recall@5, acc1, ...) as a JSON list;
+--clip-benchmark DIR writes one file per data set and task in CLIP_benchmark's own result layout.
 """
 
 

@@ -50,6 +50,13 @@ Where each layout and protocol comes from:
 A missing or malformed copy raises one ``FileNotFoundError`` / ``ValueError`` naming the data set, the root, what is
 missing and the expected layout. Image files that are missing or unreadable are *not* errors here: the runner embeds
 with ``skip_errors=True`` and leaves them (and, for retrieval, their texts) out, reporting how many.
+
+Nothing is left out silently. Where a reader leaves images out (image files no caption refers to in Urban-1k, COCO
+and the full Flickr30k; Karpathy test records without a sentence; Long-DCI's empty captions; files in a class folder
+that are not images), it logs a warning with the count and the first path, and lists them in the data set's
+``dropped``; the runner reports their number as ``num_dropped``. Splits and protocol cuts (the Karpathy test
+split, DOCCI's test records, the first N ShareGPT4V records, COCO's first five captions) are what the protocol
+evaluates and are described in ``protocol`` instead.
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ class RetrievalSet:
         images: Image file paths, one per image.
         texts: The captions.
         text_to_image: For each text, the index in ``images`` of the image it describes.
+        dropped: Paths of the images the reader left out (no caption refers to them, or the protocol skips their
+            caption), already reported in a warning; the runner counts them as ``num_dropped``.
     """
 
     name: str
@@ -114,6 +123,7 @@ class RetrievalSet:
     images: list[str]
     texts: list[str]
     text_to_image: list[int]
+    dropped: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.text_to_image):
@@ -136,6 +146,8 @@ class ClassificationSet:
         labels: The class index of each image.
         class_names: One name per class, in label order, ready to put into prompt templates.
         protocol: What exactly is evaluated, in words.
+        dropped: Paths of the files the reader left out (not image files, or outside every class folder), already
+            reported in a warning; the runner counts them as ``num_dropped``.
     """
 
     name: str
@@ -143,6 +155,7 @@ class ClassificationSet:
     labels: list[int]
     class_names: list[str]
     protocol: str = ""
+    dropped: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
@@ -245,11 +258,22 @@ def _load_coco(root: _Root) -> RetrievalSet:
             texts.append(caption)
             owners.append(len(images))
         images.append(str(images_dir / files[image_id]))
+    without = [str(images_dir / files[image_id]) for image_id in sorted(files) if not captions[image_id]]
+    if without:  # kept, as CocoCaptions keeps them: candidates for text->image, nothing to find for image->text
+        logger.warning(
+            "%s: %d image(s) listed in captions_val2017.json have no caption; they stay among the candidates for "
+            "text->image retrieval but are left out of image->text recall (first: %s)",
+            root.name,
+            len(without),
+            without[0],
+        )
+    unlisted = _uncaptioned(images_dir, set(files.values()))
+    dropped = _report_dropped(root, unlisted, f"image file(s) in {images_dir} are not in captions_val2017.json")
     protocol = (
         f"COCO 2017 val: {len(images):,} images, the first {COCO_CAPTIONS_PER_IMAGE} captions of each "
         f"({len(texts):,} texts), as Long-CLIP eval/retrieval/coco.py"
     )
-    return RetrievalSet(root.name, protocol, images, texts, owners)
+    return RetrievalSet(root.name, protocol, images, texts, owners, dropped)
 
 
 def _load_flickr30k(root: _Root) -> RetrievalSet:
@@ -260,11 +284,13 @@ def _load_flickr30k(root: _Root) -> RetrievalSet:
     else:
         pairs = _flickr_kaggle_pairs(root, captions_file)
     images, texts, owners = _grouped(root, pairs, folder)
+    uncaptioned = _uncaptioned(folder, {Path(image).name for image in images})
+    dropped = _report_dropped(root, uncaptioned, f"image file(s) in {folder} have no caption in {captions_file.name}")
     protocol = (
         f"Flickr30k full set: all {len(images):,} images, {len(texts):,} texts, from {captions_file.name}, as "
         "Long-CLIP eval/retrieval/flickr30k.py (not the 1k test split)"
     )
-    return RetrievalSet(root.name, protocol, images, texts, owners)
+    return RetrievalSet(root.name, protocol, images, texts, owners, dropped)
 
 
 def _flickr_token_pairs(root: _Root, path: Path) -> Iterator[tuple[str, str]]:
@@ -298,20 +324,26 @@ def _flickr_kaggle_pairs(root: _Root, path: Path) -> Iterator[tuple[str, str]]:
 def _load_flickr30k_1k(root: _Root) -> RetrievalSet:
     captions_file = root.find("dataset_flickr30k.json", "flickr30k_test_karpathy.txt")
     folder = root.find(*_FLICKR_IMAGE_DIRS, folder=True)
+    without: list[str] = []  # test records with no sentence (Karpathy's json)
     if captions_file.suffix == ".json":
-        pairs = _karpathy_test_pairs(root, captions_file)
+        pairs = _karpathy_test_pairs(root, captions_file, without)
     else:
         pairs = _clip_benchmark_pairs(root, captions_file)
     images, texts, owners = _grouped(root, pairs, folder)
+    what = f'"test" record(s) of {captions_file.name} have no sentence'
+    dropped = _report_dropped(root, [str(folder / name) for name in without], what)
     protocol = (
         f"Flickr30k Karpathy test split: {len(images):,} images, {len(texts):,} texts, from {captions_file.name} "
         "(the CLIP paper and CLIP_benchmark protocol)"
     )
-    return RetrievalSet(root.name, protocol, images, texts, owners)
+    return RetrievalSet(root.name, protocol, images, texts, owners, dropped)
 
 
-def _karpathy_test_pairs(root: _Root, path: Path) -> Iterator[tuple[str, str]]:
-    """Records with ``"split": "test"`` of Karpathy's ``{"images": [{"filename", "split", "sentences": [...]}]}``."""
+def _karpathy_test_pairs(root: _Root, path: Path, without: list[str]) -> Iterator[tuple[str, str]]:
+    """Records with ``"split": "test"`` of Karpathy's ``{"images": [{"filename", "split", "sentences": [...]}]}``.
+
+    The file names of test records with an empty ``sentences`` list are appended to ``without``.
+    """
     document = root.read_json(path)
     records = document.get("images") if isinstance(document, dict) else None
     if not isinstance(records, list):
@@ -321,6 +353,8 @@ def _karpathy_test_pairs(root: _Root, path: Path) -> Iterator[tuple[str, str]]:
             continue
         filename = _field(root, record, "filename", "an images record")
         sentences = _field(root, record, "sentences", f"image {filename}", list)
+        if not sentences:
+            without.append(filename)
         for sentence in sentences:
             yield filename, _field(root, sentence, "raw", f"a sentence of image {filename}").strip()
 
@@ -351,24 +385,29 @@ def _load_urban1k(root: _Root) -> RetrievalSet:
             raise root.malformed(f"caption/{file.name} is empty or starts with an empty line")
         texts.append(lines[0].strip())  # Long-CLIP's Urban1k.py: f.readlines()[0]
         images.append(str(image_dir / f"{file.stem}.jpg"))
-    _warn_uncaptioned(root, image_dir, {Path(image).name for image in images})
+    uncaptioned = _uncaptioned(image_dir, {Path(image).name for image in images})
+    dropped = _report_dropped(root, uncaptioned, f"image file(s) in {image_dir} have no caption")
     protocol = f"Urban-1k: {len(images):,} images, one long caption each (first line of caption/N.txt), as Long-CLIP"
-    return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))))
+    return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))), dropped)
 
 
-def _warn_uncaptioned(root: _Root, image_dir: Path, listed: set[str]) -> None:
-    """Warn about image files that no caption refers to: they are not evaluated, which a user should know."""
-    extra = sorted(
-        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in listed
+def _uncaptioned(image_dir: Path, listed: set[str]) -> list[str]:
+    """Image files in ``image_dir`` whose names are not in ``listed`` (no caption refers to them), as paths."""
+    return sorted(
+        str(p)
+        for p in image_dir.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.name not in listed
     )
-    if extra:
-        logger.warning(
-            "%s: %d image file(s) in %s have no caption and are not evaluated (first: %s)",
-            root.name,
-            len(extra),
-            image_dir,
-            extra[0],
-        )
+
+
+def _report_dropped(root: _Root, dropped: list[str], what: str) -> list[str]:
+    """Warn that ``dropped`` (paths) are left out, with their count and the first, and return them.
+
+    ``what`` completes "N ..." in the message, e.g. ``"image file(s) in image/ have no caption"``.
+    """
+    if dropped:
+        logger.warning("%s: %d %s and are not evaluated (first: %s)", root.name, len(dropped), what, dropped[0])
+    return dropped
 
 
 def _natural_key(path: Path) -> tuple[Any, ...]:
@@ -440,10 +479,11 @@ def _load_long_dci(root: _Root) -> RetrievalSet:
     files = sorted(p.name for p in annotations.glob("*.json"))
     if not files:
         raise root.missing("annotations/ holds no .json files")
-    images, texts = [], []
+    images, texts, empty = [], [], []
     for name in files:
         record = _dci_annotation(root, annotations, name)
         if len(record["extra_caption"]) == 0:  # TULIP dci_long_part.py skips exactly these
+            empty.append(str(photos / record["image"]))
             continue
         images.append(str(photos / record["image"]))
         texts.append(record["extra_caption"].strip())
@@ -453,7 +493,9 @@ def _load_long_dci(root: _Root) -> RetrievalSet:
         f"Long-DCI: {len(images):,} of {len(files):,} DCI annotations (sorted), caption extra_caption, empty ones "
         "skipped (TULIP open_clip/data_prep/dci_long_part.py)"
     )
-    return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))))
+    what = "annotation(s) have an empty extra_caption (skipped, as TULIP's Long-DCI does)"
+    dropped = _report_dropped(root, empty, what)
+    return RetrievalSet(root.name, protocol, images, texts, list(range(len(texts))), dropped)
 
 
 def _load_docci(root: _Root) -> RetrievalSet:
@@ -499,19 +541,26 @@ def _imagenet_json() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(data["classnames"]), tuple(data["templates"])
 
 
-def _class_folders(root: _Root, folder: Path) -> tuple[list[str], list[str], list[int]]:
-    """ImageFolder's reading: class folders in sorted order, images found recursively (sorted) in each."""
-    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+def _class_folders(root: _Root, folder: Path) -> tuple[list[str], list[str], list[int], list[str]]:
+    """ImageFolder's reading: class folders in sorted order, images found recursively (sorted) in each.
+
+    Returns the class names, the images, their labels and the files left out (reported in a warning): files in a
+    class folder without an image extension, and files beside the class folders. Hidden files are not counted.
+    """
+    entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    classes = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
     if not classes:
         raise root.missing(f"{folder} has no class subfolders")
-    images, labels, empty = [], [], []
+    outside = [entry.path for entry in entries if entry.is_file() and not entry.name.startswith(".")]
+    images, labels, empty, other = [], [], [], []
     for label, name in enumerate(classes):
-        found = [
-            os.path.join(directory, file)
-            for directory, subdirs, files in sorted(os.walk(folder / name, followlinks=True))
-            for file in sorted(files)
-            if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS and not file.startswith(".")
-        ]
+        found = []
+        for directory, _subdirs, files in sorted(os.walk(folder / name, followlinks=True)):
+            for file in sorted(files):
+                if file.startswith("."):
+                    continue
+                is_image = os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
+                (found if is_image else other).append(os.path.join(directory, file))
         if not found:
             empty.append(name)
         images.extend(found)
@@ -520,14 +569,17 @@ def _class_folders(root: _Root, folder: Path) -> tuple[list[str], list[str], lis
         raise root.malformed(
             f"{len(empty)} class folder(s) hold no image ({', '.join(sorted(IMAGE_EXTENSIONS))}): {empty[:5]}"
         )
-    return classes, images, labels
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    dropped = _report_dropped(root, other, f"file(s) in the class folders of {folder} are not images ({extensions})")
+    dropped += _report_dropped(root, outside, f"file(s) in {folder} lie outside every class folder")
+    return classes, images, labels, dropped
 
 
 def _load_imagenet(root: _Root) -> ClassificationSet:
     folder = root.path / "val"
     if not folder.is_dir():
         raise root.missing("no folder val/")
-    wnids, images, labels = _class_folders(root, folder)
+    wnids, images, labels, dropped = _class_folders(root, folder)
     if len(wnids) != IMAGENET_CLASSES:
         raise root.malformed(f"val/ has {len(wnids)} class folders, expected {IMAGENET_CLASSES}")
     class_names, _ = imagenet_metadata()
@@ -535,14 +587,14 @@ def _load_imagenet(root: _Root) -> ClassificationSet:
         f"ImageNet-1k val: {len(images):,} images, {IMAGENET_CLASSES} classes in sorted wnid order, OpenAI class "
         "names (CLIP_benchmark imagenet1k-unverified)"
     )
-    return ClassificationSet(root.name, images, labels, class_names, protocol)
+    return ClassificationSet(root.name, images, labels, class_names, protocol, dropped)
 
 
 def _load_folder(root: _Root) -> ClassificationSet:
-    classes, images, labels = _class_folders(root, root.path)
+    classes, images, labels, dropped = _class_folders(root, root.path)
     names = [name.replace("_", " ") for name in classes]
     protocol = f"image folder {root.path.name}: {len(images):,} images, {len(names)} classes (folder names)"
-    return ClassificationSet(root.name, images, labels, names, protocol)
+    return ClassificationSet(root.name, images, labels, names, protocol, dropped)
 
 
 _MAX_RECONSTRUCT_ELEMENTS = 1024  # numpy pickles rebuild an array as _reconstruct(ndarray, (0,), b"b") + setstate

@@ -10,7 +10,8 @@ One code path for every data set (no per-benchmark script): :func:`evaluate` loa
   with the prompt templates (OpenAI's 80 ImageNet templates by default, CLIP_benchmark's fallback for every set).
 
 Results are flat dicts with CLIP_benchmark's metric keys (``image_retrieval_recall@5``, ``acc1``, ...) plus what was
-evaluated: ``dataset``, ``task``, ``protocol``, ``model``, ``num_images``, ``num_texts``, ``num_skipped``.
+evaluated: ``dataset``, ``task``, ``protocol``, ``model``, ``num_images``, ``num_texts``, ``num_skipped`` (unreadable
+images left out) and ``num_dropped`` (images the data set's reader left out, e.g. without a caption).
 :func:`write_clip_benchmark` also writes them in CLIP_benchmark's own layout, one file per data set and task, as its
 ``clip_benchmark eval`` does (``{"dataset", "model", "pretrained", "task", "metrics": {...}, "language"}``), so that
 its ``clip_benchmark build`` and the tables made from it read our results beside theirs.
@@ -61,6 +62,7 @@ _INFO_KEYS = (
     "num_texts",
     "num_classes",
     "num_skipped",
+    "num_dropped",
 )
 _CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
@@ -121,11 +123,13 @@ def evaluate_dataset(
     Returns:
         ``dataset``, ``task`` (CLIP_benchmark's ``zeroshot_retrieval`` / ``zeroshot_classification``),
         ``protocol``, ``model``, ``long_texts``, ``num_images`` (images scored), ``num_texts`` (texts scored, or
-        prompts embedded), ``num_classes`` (classification), ``num_skipped`` (unreadable images left out) and the
+        prompts embedded), ``num_classes`` (classification), ``num_skipped`` (unreadable images left out),
+        ``num_dropped`` (images the reader left out: ``dataset.dropped``, each reported in a warning) and the
         metrics: ``image_retrieval_recall@k`` / ``text_retrieval_recall@k`` for each ``k``, or ``acc1``, ``acc5``
         and ``mean_per_class_recall``, all in ``[0, 1]``.
     """
     info: dict[str, Any] = {"dataset": dataset.name, "protocol": dataset.protocol, "model": model_name}
+    info["num_dropped"] = len(getattr(dataset, "dropped", ()))
     if isinstance(dataset, RetrievalSet):
         info.update(task=RETRIEVAL_TASK, long_texts=long_texts)
         info.update(_retrieve(model, dataset, batch_size, long_texts, ks))
@@ -251,9 +255,13 @@ def format_markdown(results: Sequence[dict[str, Any]]) -> str:
     notes = [""]
     if models:
         notes.append(f"Model: {', '.join(models)}. Recall and accuracy in %.")
-    notes.extend(
-        f"- {result.get('dataset')}: {result.get('protocol')}" for result in results if result.get("protocol")
-    )
+    for result in results:
+        dropped = result.get("num_dropped")
+        left_out = ""
+        if isinstance(dropped, int) and dropped:
+            left_out = f" ({dropped:,} file(s) left out by the data set reader, as its warning said)"
+        if result.get("protocol") or left_out:
+            notes.append(f"- {result.get('dataset')}: {result.get('protocol') or ''}{left_out}")
     return "\n".join(lines + notes) + "\n"
 
 

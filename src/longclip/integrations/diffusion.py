@@ -472,6 +472,8 @@ def export_text_encoder(
     """
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_file
+
     if layout not in ("transformers", "ldm"):
         raise ValueError(f"layout must be 'transformers' or 'ldm', got {layout!r}")
     out = Path(out)
@@ -487,7 +489,8 @@ def export_text_encoder(
         tensors[prefix + key] = value.detach().to(dtype or value.dtype).contiguous().cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = position_rows(encoder)
-    save_file(tensors, str(out), metadata={"format": "pt", "max_position_embeddings": str(rows)})
+    with atomic_file(out) as temporary:  # safetensors alone would write it 0600
+        save_file(tensors, str(temporary), metadata={"format": "pt", "max_position_embeddings": str(rows)})
     logger.info("wrote a %d-position CLIP text encoder (%s layout) to %s", rows, layout, out)
     return out
 

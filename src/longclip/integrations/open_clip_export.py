@@ -116,10 +116,13 @@ def export_open_clip(model: Any, directory: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_file
+
     config = open_clip_config(model)  # validates before anything is written
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(open_clip_state_dict(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    with atomic_file(directory / WEIGHTS_FILE) as temporary:  # safetensors alone would write it 0600
+        save_file(open_clip_state_dict(model), str(temporary), metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     logger.info("wrote an open_clip directory to %s (load it with 'local-dir:%s')", directory, directory)
     return directory

@@ -321,10 +321,13 @@ class LLM2CLIPModel(DualEncoder):
         """Write ``config.json``, ``model.safetensors`` (language model included), ``tokenizer/``, preprocessor."""
         from safetensors.torch import save_file
 
+        from ..atomic import atomic_file
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.cpu().contiguous() for k, v in self.llm2clip_state_dict().items()}
-        save_file(_untie(state), str(directory / "model.safetensors"), metadata={"format": "pt"})
+        with atomic_file(directory / "model.safetensors") as temporary:  # safetensors alone would write it 0600
+            save_file(_untie(state), str(temporary), metadata={"format": "pt"})
         (directory / "config.json").write_text(json.dumps(self.to_config(), indent=2, default=str) + "\n")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory / TOKENIZER_FOLDER)

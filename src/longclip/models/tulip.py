@@ -434,7 +434,10 @@ class TulipModel(DualEncoder):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        from ..atomic import atomic_file
+
+        with atomic_file(directory / "model.safetensors") as temporary:  # safetensors alone would write it 0600
+            save_file(tensors, str(temporary), metadata={"format": "pt"})
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.processor.save_pretrained(directory)
 

@@ -400,14 +400,21 @@ def train(config: TrainConfig, options=None, description: str | None = None) -> 
                 return [pairs[i].image for i in indices]
 
         # Written only now that the model and the data are ready: a start that fails leaves no half-made run.
+        fresh = context.is_main and not (output / "config.json").exists()
+        created = not output.exists()
         if context.is_main:
             output.mkdir(parents=True, exist_ok=True)
             (output / "config.json").write_text(json.dumps(saved, indent=2))
-        summary = fit(
-            task, batches, steps_per_epoch, config, context,
-            validate=_validator(validation, config) if validation else None, bad_image_paths=bad_paths,
-            description=description,
-        )  # fmt: skip
+        try:
+            summary = fit(
+                task, batches, steps_per_epoch, config, context,
+                validate=_validator(validation, config) if validation else None, bad_image_paths=bad_paths,
+                description=description,
+            )  # fmt: skip
+        except BaseException:
+            if fresh:  # e.g. a wrong --image-root, found on the first batch
+                _undo_failed_start(output, created)
+            raise
         if summary["finished"] and context.is_main:
             final = task.save_final(output, config)
             ordinary_permissions(final)
@@ -426,9 +433,32 @@ _RESUMABLE = {"resume", "overwrite", "stop_after_steps", "device", "num_workers"
               "progress", "save_every", "keep_checkpoints"}  # fmt: skip
 
 
+def _undo_failed_start(output: Path, created: bool) -> None:
+    """Remove what a run that failed before its first checkpoint and metrics row wrote: nothing there can be resumed.
+
+    ``config.json``, an empty ``checkpoints`` folder (or one holding only an interrupted save) and the TensorBoard
+    log go, and the output folder too if this run created it and nothing is left; ``bad_images.txt`` stays, as the
+    report of why the run stopped (the next start replaces it).
+    """
+    checkpoints = output / "checkpoints"
+    if list_checkpoints(checkpoints) or (output / "metrics.jsonl").exists() or (output / "model").exists():
+        return
+    (output / "config.json").unlink(missing_ok=True)
+    for folder in (checkpoints, output / "tensorboard"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+    if created and output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+
+
 def _check_output(output: Path, config: TrainConfig, settings: dict, context: DistributedContext) -> None:
     """Refuse to mix two runs in one folder; clear it on ``overwrite``; say when a resumed run's settings differ."""
     present = [name for name in _RUN_FILES if (output / name).exists()]
+    if present == ["bad_images.txt"]:  # all a start that failed leaves (its report): replaced by this run's
+        if context.is_main:
+            (output / "bad_images.txt").unlink(missing_ok=True)
+            logger.info("removed %s, left by a run that stopped before any checkpoint", output / "bad_images.txt")
+        present = []
     if config.resume is None and present:
         if not config.overwrite:
             raise ValueError(
