@@ -152,6 +152,36 @@ def test_llm2clip_trains_adapter_and_vision_from_the_cache_only(setup, tmp_path,
     torch.testing.assert_close(model.embed_texts(texts), model.encode_embeddings(cached, normalize=True).detach())
 
 
+def test_text_only_and_cache_methods_validate_held_out_rows(setup, tmp_path):
+    """--val-rows works for methods whose model cannot embed images and texts while training (it crashed before).
+
+    llm2clip-text measures caption-to-caption retrieval; llm2clip measures image<->text retrieval against the cached
+    caption embeddings through the adapter (no language model is loaded while training).
+    """
+    options = LLM2CLIPTextOptions(lora_r=4)
+    summary = train(TrainConfig.for_method("llm2clip-text", **_common(setup, tmp_path / "text", val_rows=4)), options)
+    assert summary["finished"] and 0 <= summary["validation"]["caption_retrieval"] <= 1
+
+    cache = tmp_path / "cache"
+    build_text_cache(str(setup["lm"]), str(setup["data"]), cache, batch_size=8, device="cpu")
+    common = _common(setup, tmp_path / "run", model=str(setup["clip"]), lr=1e-3, val_rows=4)
+    summary = train(TrainConfig.for_method("llm2clip", **common), LLM2CLIPOptions(text_cache=str(cache)))
+    validation = summary["validation"]
+    # Independently: the saved model (the one validated after the last epoch) on the first 4 rows.
+    model, _ = longclip.load(summary["model"], dtype="float32")
+    held_out = read_pairs(setup["data"])[:4]
+    images = F.normalize(model.embed_images([p.image for p in held_out]), dim=-1)
+    for kind in ("long", "short"):
+        texts = [p.caption if kind == "long" else p.short_caption for p in held_out]
+        captions = model.encode_embeddings(TextEmbeddingCache(cache).lookup(texts), normalize=True).detach()
+        similarity = images @ captions.T
+        own = similarity.diagonal()
+        text_to_image = float(((similarity >= own[None, :]).sum(dim=0) == 1).float().mean())
+        image_to_text = float(((similarity >= own[:, None]).sum(dim=1) == 1).float().mean())
+        assert validation[f"{kind}/image_retrieval_recall@1"] == pytest.approx(text_to_image)
+        assert validation[f"{kind}/text_retrieval_recall@1"] == pytest.approx(image_to_text)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

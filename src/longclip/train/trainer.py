@@ -408,7 +408,7 @@ def train(config: TrainConfig, options=None, description: str | None = None) -> 
         try:
             summary = fit(
                 task, batches, steps_per_epoch, config, context,
-                validate=_validator(validation, config) if validation else None, bad_image_paths=bad_paths,
+                validate=task.validator(validation) if validation else None, bad_image_paths=bad_paths,
                 description=description,
             )  # fmt: skip
         except BaseException:
@@ -559,26 +559,3 @@ class _ShardAwareCollate:
         batch = self.collate([item for item in items if item is None or "bad_shard" not in item])
         batch["bad_shards"] = bad_shards
         return batch
-
-
-def _validator(pairs, config: TrainConfig) -> Callable[[DualEncoder], dict[str, float]]:
-    from ..eval.datasets import RetrievalSet
-    from ..eval.runner import score_retrieval
-
-    images = [p.image for p in pairs]
-    caption_sets = {
-        kind: RetrievalSet(
-            f"validation-{kind}", f"first {len(pairs)} rows, {kind} captions", images, texts, list(range(len(pairs)))
-        )  # fmt: skip
-        for kind, texts in (("long", [p.caption for p in pairs]), ("short", [p.short_caption for p in pairs]))
-    }
-
-    def validate(model: DualEncoder) -> dict[str, float]:
-        features = model.embed_images(images, skip_errors=True)  # once, for both caption sets
-        results = {}
-        for kind, dataset in caption_sets.items():
-            scores = score_retrieval(model, dataset, features, ks=(1,))
-            results.update({f"{kind}/{k}": v for k, v in scores.items() if "recall" in k})
-        return results
-
-    return validate

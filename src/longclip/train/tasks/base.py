@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -77,6 +77,16 @@ class Task(nn.Module):
     def forward(self, batch: dict[str, Any]) -> LossOutput:
         """The loss of one step on this rank's batch (tensors already on the device)."""
         raise NotImplementedError
+
+    def validator(self, pairs: list) -> Callable[[nn.Module], dict[str, float]] | None:
+        """What to measure on the held-out pairs after each epoch (None: nothing; the rows still stay out of training).
+
+        By default image-text retrieval R@1 with the long and with the short captions, through the model's
+        ``embed_images`` / ``embed_texts``.
+        """
+        from ..validation import retrieval_validator
+
+        return retrieval_validator(pairs)
 
     def after_step(self) -> None:
         """Called after each optimizer step; by default clamps the logit scale as CLIP does."""

@@ -113,6 +113,26 @@ class LLM2CLIPTask(Task):
             loss = contrastive_loss(gather(image), gather(text), scale.float())
         return LossOutput(loss, {"loss_clip": float(loss.detach())})
 
+    def validator(self, pairs: list):
+        """Retrieval R@1 of the held-out pairs against their cached caption embeddings through the adapter (no
+        language model is loaded while training); None, with a warning, if the cache lacks their captions."""
+        from ..validation import feature_retrieval_validator
+
+        missing = [text for p in pairs for text in (p.caption, p.short_caption) if text not in self.cache]
+        if missing:
+            logger.warning(
+                "no validation: %d held-out captions are not in the text cache %s (first: %r)",
+                len(missing), self.cache.directory, missing[0][:80],
+            )  # fmt: skip
+            return None
+
+        def text_features(texts: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                embeddings = self.cache.lookup(texts).to(self.model.device)
+                return self.model.encode_embeddings(embeddings, normalize=True).float()
+
+        return feature_retrieval_validator(pairs, text_features)
+
     def save_final(self, directory: Path, config) -> Path:
         """Save the model, with the cache's language model attached when it can be loaded."""
         settings = self.cache.metadata

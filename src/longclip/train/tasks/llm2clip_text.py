@@ -215,6 +215,17 @@ class LLM2CLIPTextTask(Task):
             loss = caption_contrastive_loss(q, d, n if len(n) else None, scale=self.options.scale)
         return LossOutput(loss, {"loss_caption": float(loss.detach()), "hard_negatives": float(len(n))})
 
+    def validator(self, pairs: list):
+        """Caption-to-caption retrieval on the held-out pairs: each query caption must find its own document."""
+        queries, documents = [p.caption for p in pairs], [p.short_caption for p in pairs]
+        if self.options.query == "short":
+            queries, documents = documents, queries
+
+        def validate(model: CaptionEncoder) -> dict[str, float]:
+            return {"caption_retrieval": model.caption_retrieval(queries, documents, self.options.instruction)}
+
+        return validate
+
     def after_step(self) -> None:
         """Nothing to clamp: the similarity scale is fixed."""
 
