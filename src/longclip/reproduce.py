@@ -53,9 +53,9 @@ class Scale:
 
 SCALES = {
     "full": Scale(
-        pretrain_scenes=4000, finetune_scenes=2000, test_groups=100, group_size=5, image_size=64, width=128,
-        layers=4, patch=8, batch_size=128, pretrain_epochs=10, pretrain_lr=5e-4, finetune_epochs=3,
-        finetune_lr=1e-4, probe_lengths=(5, 10, 15, 20, 30, 40, 50, 60, 77, 100, 125, 150, 175, 200, 248),
+        pretrain_scenes=4000, finetune_scenes=1500, test_groups=100, group_size=5, image_size=64, width=128,
+        layers=4, patch=8, batch_size=128, pretrain_epochs=8, pretrain_lr=5e-4, finetune_epochs=2,
+        finetune_lr=1e-4, probe_lengths=(5, 10, 20, 30, 50, 77, 100, 150, 200, 248),
     ),
     "quick": Scale(
         pretrain_scenes=192, finetune_scenes=96, test_groups=6, group_size=4, image_size=32, width=64, layers=2,
