@@ -47,8 +47,14 @@ def text_config(rows: int) -> CLIPTextConfig:
 
 
 def tiny_longclip() -> LongCLIPModel:
-    vision = dict(hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
     config = CLIPConfig(text_config=text_config(248).to_dict(), vision_config=vision, projection_dim=HIDDEN)
     return LongCLIPModel(CLIPModel(config).eval())
 
@@ -60,21 +66,39 @@ def bigg_tokenizer(rows: int):
 
 
 def vae() -> AutoencoderKL:
-    return AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         norm_num_groups=2)
+    return AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=2,
+    )
 
 
 def sd15_base() -> StableDiffusionPipeline:
     """A tiny SD 1.x pipeline as the hub would give it: a 77-position CLIP text encoder."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=HIDDEN,
-                                norm_num_groups=2)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        norm_num_groups=2,
+    )
     return StableDiffusionPipeline(
-        vae=vae(), text_encoder=CLIPTextModel(text_config(77)).eval(), tokenizer=diffusion.long_tokenizer(77),
-        unet=unet, scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+        vae=vae(),
+        text_encoder=CLIPTextModel(text_config(77)).eval(),
+        tokenizer=diffusion.long_tokenizer(77),
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
 
@@ -82,18 +106,34 @@ def sd15_base() -> StableDiffusionPipeline:
 def sdxl_base(force_zeros: bool = True) -> StableDiffusionXLPipeline:
     """A tiny SDXL pipeline with 77-position encoders (CLIP-L style, and a bigG-style one with a projection)."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time",
-                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + HIDDEN,
-                                cross_attention_dim=2 * HIDDEN, norm_num_groups=2)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + HIDDEN,
+        cross_attention_dim=2 * HIDDEN,
+        norm_num_groups=2,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
     return StableDiffusionXLPipeline(
-        vae=vae(), text_encoder=CLIPTextModel(text_config(77)).eval(), tokenizer=diffusion.long_tokenizer(77),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(77)).eval(), tokenizer_2=bigg_tokenizer(77),
-        unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=force_zeros,
+        vae=vae(),
+        text_encoder=CLIPTextModel(text_config(77)).eval(),
+        tokenizer=diffusion.long_tokenizer(77),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(77)).eval(),
+        tokenizer_2=bigg_tokenizer(77),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=force_zeros,
     )
 
 
@@ -109,8 +149,15 @@ def sdxl():
 
 def latents(pipe, seed: int = 0, **kwargs) -> torch.Tensor:
     generator = torch.Generator("cpu").manual_seed(seed)
-    out = pipe(num_inference_steps=2, guidance_scale=5.0, width=32, height=32, generator=generator,
-               output_type="latent", **kwargs)
+    out = pipe(
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        width=32,
+        height=32,
+        generator=generator,
+        output_type="latent",
+        **kwargs,
+    )
     return out.images
 
 
@@ -196,8 +243,9 @@ def test_sdxl_layer_matches_diffusers_encode_prompt_at_77(negative):
     pipe = sdxl_base()  # 77-position encoders: diffusers' own encode_prompt is the reference
     prompt = words(60)
     ours = diffusion.encode_prompt(pipe, prompt, negative)
-    theirs = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
-                                negative_prompt=negative)
+    theirs = pipe.encode_prompt(
+        prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative
+    )
     for got, expected in zip(ours, theirs, strict=True):
         assert torch.equal(got, expected)
     # and it is the penultimate layer without the final LayerNorm, which differs from the last hidden state
@@ -282,8 +330,9 @@ def test_export_ldm_layout_is_read_by_diffusers_single_file_conversion(tmp_path)
     assert is_clip_model(checkpoint)
     config_dir = tmp_path / "config"
     text_config(248).save_pretrained(config_dir)
-    loaded = create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, config=str(config_dir),
-                                                  local_files_only=True, torch_dtype=torch.float32)
+    loaded = create_diffusers_clip_model_from_ldm(
+        CLIPTextModel, checkpoint, config=str(config_dir), local_files_only=True, torch_dtype=torch.float32
+    )
     original = diffusion.text_encoder_from_longclip(model).state_dict()
     for key, value in loaded.state_dict().items():
         if not key.endswith("position_ids"):
@@ -312,9 +361,32 @@ def saved_models(tmp_path_factory):
 
 def test_cli_generate_writes_the_image(saved_models, tmp_path, capsys):
     out = tmp_path / "image.png"
-    argv = ["generate", words(120), "--pipeline", "sd15", "--model", str(saved_models / "sd15"),
-            "--text-encoder", str(saved_models / "longclip"), "--out", str(out), "--seed", "1", "--steps", "2",
-            "--guidance", "4", "--width", "40", "--height", "24", "--negative-prompt", "blurry", "--device", "cpu"]
+    argv = [
+        "generate",
+        words(120),
+        "--pipeline",
+        "sd15",
+        "--model",
+        str(saved_models / "sd15"),
+        "--text-encoder",
+        str(saved_models / "longclip"),
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--guidance",
+        "4",
+        "--width",
+        "40",
+        "--height",
+        "24",
+        "--negative-prompt",
+        "blurry",
+        "--device",
+        "cpu",
+    ]
     assert cli(argv) == 0
     from PIL import Image
 
@@ -327,8 +399,18 @@ def test_cli_generate_names_the_download_when_a_model_is_missing(saved_models, t
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     # an id that exists nowhere: the test never downloads, with or without network
-    argv = ["generate", "a cat", "--pipeline", "sdxl", "--model", "example-org/missing-sdxl",
-            "--text-encoder", str(saved_models / "longclip"), "--out", str(tmp_path / "x.png")]
+    argv = [
+        "generate",
+        "a cat",
+        "--pipeline",
+        "sdxl",
+        "--model",
+        "example-org/missing-sdxl",
+        "--text-encoder",
+        str(saved_models / "longclip"),
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
     with pytest.raises(FileNotFoundError, match="hf download example-org/missing-sdxl"):
         cli(argv)
     with pytest.raises(ValueError, match="image file"):
@@ -357,19 +439,44 @@ def flux_base():
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(sorted(set(WORDS)))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    t5_tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                           unk_token="<unk>", model_max_length=32)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=HIDDEN, d_ff=37, d_kv=8, num_layers=2,
-                                 num_heads=4)).eval()
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=HIDDEN,
-                                         pooled_projection_dim=HIDDEN, axes_dims_rope=[4, 4, 8])
-    flux_vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                             shift_factor=0.0609, scaling_factor=1.5035)
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=flux_vae,
-                        text_encoder=CLIPTextModel(text_config(77)).eval(), tokenizer=diffusion.long_tokenizer(77),
-                        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer)
+    t5_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=32
+    )
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(vocab), d_model=HIDDEN, d_ff=37, d_kv=8, num_layers=2, num_heads=4)
+    ).eval()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=HIDDEN,
+        pooled_projection_dim=HIDDEN,
+        axes_dims_rope=[4, 4, 8],
+    )
+    flux_vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=flux_vae,
+        text_encoder=CLIPTextModel(text_config(77)).eval(),
+        tokenizer=diffusion.long_tokenizer(77),
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
 
 
 def test_flux_pooled_embedding_comes_from_longclip_and_reads_past_77():
@@ -385,6 +492,13 @@ def test_flux_pooled_embedding_comes_from_longclip_and_reads_past_77():
     cut = [base.encode_prompt(p, prompt_2=head, max_sequence_length=32)[1] for p in (first, second)]
     assert torch.equal(*cut)  # the 77-token CLIP never sees them
     generator = torch.Generator("cpu").manual_seed(0)
-    image = pipe(first, num_inference_steps=2, width=32, height=32, max_sequence_length=32, generator=generator,
-                 output_type="pt").images
+    image = pipe(
+        first,
+        num_inference_steps=2,
+        width=32,
+        height=32,
+        max_sequence_length=32,
+        generator=generator,
+        output_type="pt",
+    ).images
     assert image.shape == (1, 3, 32, 32)

@@ -38,9 +38,7 @@ def retrieval_validator(pairs: Sequence) -> Validator:
     return validate
 
 
-def feature_retrieval_validator(
-    pairs: Sequence, text_features: Callable[[list[str]], torch.Tensor]
-) -> Validator:
+def feature_retrieval_validator(pairs: Sequence, text_features: Callable[[list[str]], torch.Tensor]) -> Validator:
     """Like ``retrieval_validator``, with the text features given by ``text_features(captions)`` (e.g. a cache)."""
     from ..eval.metrics import retrieval_metrics
 
