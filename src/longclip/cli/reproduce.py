@@ -24,11 +24,12 @@ def register(commands: Any) -> None:
     parser = add_command(
         commands,
         "reproduce",
-        help="Long-CLIP's experiment in miniature, offline on a CPU (the package's main demonstration)",
+        help="Long-CLIP, TULIP and LLM2CLIP in miniature, offline on a CPU (the package's main demonstration)",
         description="Generate a synthetic long-caption benchmark, pre-train a small CLIP at 77 tokens, fine-tune it "
-        "with linear stretching, knowledge-preserving stretching, and Long-CLIP's primary component matching, and "
-        "compare the four on long-caption retrieval, short-caption retrieval, attribute classification and the "
-        "effective-length curve. Nothing is downloaded.",
+        "with linear stretching, knowledge-preserving stretching, and Long-CLIP's primary component matching; train "
+        "TULIP's two stages from it and, where the packaged MiniLM is installed, an LLM2CLIP adapter; compare them "
+        "all on long-caption retrieval, short-caption retrieval, attribute classification and the effective-length "
+        "curve. Nothing is downloaded.",
         epilog=EPILOG,
     )
     parser.add_argument("--output", "-o", default="runs/reproduce", help="run directory (default: %(default)s)")
