@@ -5,6 +5,10 @@ schedule) on random weights and synthetic batches (224 px images, long captions 
 of ~15), for each precision in its own process so that peak memory is that precision's alone. Reports samples/s
 (steps after the first, which warms up) and peak memory: resident set size on the CPU, allocated memory on CUDA.
 
+The reference row, ``padded-248 fp32``, is what the original Long-CLIP code computes: every caption, long and short,
+padded to 248 tokens, in float32. The other rows are this package's loop, whose collator pads a batch only to its
+longest caption, at each ``--precisions`` setting (``bf16``: float32 weights under bfloat16 autocast).
+
     python benchmarks/train_throughput.py                          # CPU, fp32 and bf16, batch 8
     python benchmarks/train_throughput.py --device cuda --batch-size 64 --precisions fp32 bf16 fp16
 
@@ -25,8 +29,10 @@ import time
 VIT_B16 = dict(vision_width=768, vision_layers=12, text_width=512, text_layers=12, image_size=224, patch=16)
 
 
-def run_one(precision: str, device: str, batch_size: int, steps: int, threads: int | None) -> dict:
-    """Train ``steps`` steps in this process and return its measurements."""
+def run_one(
+    precision: str, device: str, batch_size: int, steps: int, threads: int | None, padded: bool = False
+) -> dict:
+    """Train ``steps`` steps in this process and return its measurements (``padded``: captions padded to 248)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -52,7 +58,7 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
     generator = torch.Generator().manual_seed(0)
 
     def ids(lengths):
-        rows = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+        rows = torch.zeros(len(lengths), 248 if padded else max(lengths), dtype=torch.long)
         for i, n in enumerate(lengths):
             rows[i, 0], rows[i, 1 : n - 1], rows[i, n - 1] = 49406, torch.randint(300, 40000, (n - 2,)), 49407
         return rows
@@ -85,6 +91,7 @@ def run_one(precision: str, device: str, batch_size: int, steps: int, threads: i
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     measured = [r["samples_per_s"] for r in rows[1:]]
     return {
+        "run": f"{'padded-248' if padded else 'longclip'} {precision}",
         "precision": precision,
         "samples_per_s": sum(measured) / len(measured),
         "peak_memory_mib": round(peak),
@@ -101,36 +108,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one precision, print JSON
+    parser.add_argument("--no-reference", action="store_true", help="skip the padded-248 fp32 reference row")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.device, args.batch_size, args.steps, args.threads)))
+        precision, _, padded = args.one.partition(":")
+        print(json.dumps(run_one(precision, args.device, args.batch_size, args.steps, args.threads, bool(padded))))
         return 0
 
     import torch
+    from text_throughput import load_average, machine_description
 
+    load_before = load_average()
+    settings = ([] if args.no_reference else ["fp32:padded"]) + list(args.precisions)
     results = []
-    for precision in args.precisions:
-        command = [sys.executable, __file__, "--one", precision, "--device", args.device,
+    for setting in settings:
+        command = [sys.executable, __file__, "--one", setting, "--device", args.device,
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps)]  # fmt: skip
         if args.threads:
             command += ["--threads", str(args.threads)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"{precision}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            print(f"{setting}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
-    print(f"\nLong-CLIP fine-tuning, ViT-B/16-sized CLIP (random weights), batch {args.batch_size}, {args.device} "
-          f"({where}, {torch.get_num_threads()} threads), torch {torch.__version__}\n")  # fmt: skip
-    print("| precision | samples/s | peak memory (MiB) | wall time (s) |")
-    print("|---|---:|---:|---:|")
+    threads = args.threads or torch.get_num_threads()
+    print(f"\n# Long-CLIP fine-tuning step, ViT-B/16-sized CLIP (random weights), batch {args.batch_size}\n")
+    print(f"- machine: {machine_description(args.device)}; torch threads: {threads}")
+    print(f"- torch {torch.__version__}, Python {platform.python_version()}; {args.steps} steps per row, first not timed")
+    print("- padded-248 fp32: the original code's computation (captions padded to 248, float32)\n")
+    print("| run | samples/s | vs padded-248 fp32 | peak memory (MiB) | wall time (s) | final loss |")
+    print("|---|---:|---:|---:|---:|---:|")
+    reference = next((r["samples_per_s"] for r in results if r["run"] == "padded-248 fp32"), None)
     for r in results:
-        print(f"| {r['precision']} | {r['samples_per_s']:.2f} | {r['peak_memory_mib']} | {r['seconds']} |")
+        ratio = f"{r['samples_per_s'] / reference:.2f}x" if reference else "n/a"
+        print(f"| {r['run']} | {r['samples_per_s']:.3f} | {ratio} | {r['peak_memory_mib']} | {r['seconds']} | "
+              f"{r['final_loss']:.4f} |")  # fmt: skip
+    print(f"\nLoad average before / after: {load_before} / {load_average()}")
     if args.json:
+        payload = {"device": args.device, "machine": machine_description(args.device), "batch_size": args.batch_size,
+                   "results": results}  # fmt: skip
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "batch_size": args.batch_size, "results": results}, f, indent=2)
+            json.dump(payload, f, indent=2)
     return 0
 
 
