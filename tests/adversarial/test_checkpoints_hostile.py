@@ -655,3 +655,23 @@ def test_saves_still_work_and_keep_ordinary_permissions(tmp_path, good_dir, open
         read_checkpoint(openai_pt).state_dict["logit_scale"],
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "again.pt"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_many_names_viewing_one_small_storage_are_refused(tmp_path, bounded, legacy):
+    """10,000 "layers" that all view one 256 KiB tensor: a 2.5 MB file that would build a 2.5 GB model."""
+    shared = torch.zeros(256, 256)
+    state = {f"transformer.resblocks.{i}.mlp.c_fc.weight": shared for i in range(10_000)}
+    path = tmp_path / "one-storage.pt"
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    outcome = bounded(read_state_dict, path)
+    outcome.raised("CheckpointError", match=r"one-storage\.pt: its 10000 tensors add up to 2500 MiB but share 1 ")
+
+
+def test_tied_weights_sharing_a_storage_still_load(tmp_path):
+    """A table stored once under two names (tied embedding and head) is ordinary."""
+    table = torch.randn(1000, 64)
+    path = tmp_path / "tied.pt"
+    torch.save({"token_embedding.weight": table, "lm_head.weight": table, "ln.weight": torch.ones(64)}, path)
+    state = read_state_dict(path)
+    assert torch.equal(state["lm_head.weight"], table) and torch.equal(state["token_embedding.weight"], table)

@@ -286,21 +286,40 @@ def _pickle_detail(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# Many names may view one storage (tied weights store one table under two names); more than this many times the
+# bytes actually stored is a file forged to make a model far larger than itself (e.g. 100000 "layers" of one tensor).
+MAX_SHARED_STORAGE_FACTOR = 8
+_SHARED_STORAGE_SLACK = 64 * 2**20
+
+
 def _checked_views(obj: object, path: Path) -> object:
-    """Refuse tensors that reach past their storage or repeat it (a zero-stride view expands on the first copy)."""
-    tensors = obj.values() if isinstance(obj, dict) else ()
-    for value in list(tensors):
-        if isinstance(value, dict):
-            _checked_views(value, path)
-        elif isinstance(value, torch.Tensor):
-            _check_view(
-                value.shape,
-                value.stride(),
-                value.storage_offset(),
-                value.untyped_storage().nbytes() // max(value.element_size(), 1),
-                path,
-            )
+    """Refuse tensors that reach past their storage or repeat it (a zero-stride view expands on the first copy), and
+    files whose tensors, added up, are many times the storage they share."""
+    tensors: list[torch.Tensor] = []
+    _collect_tensors(obj, tensors)
+    storages: dict[int, int] = {}
+    for value in tensors:
+        storage = value.untyped_storage()
+        elements = storage.nbytes() // max(value.element_size(), 1)
+        _check_view(value.shape, value.stride(), value.storage_offset(), elements, path)
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+    stored = sum(storages.values())
+    logical = sum(value.numel() * value.element_size() for value in tensors)
+    if logical > MAX_SHARED_STORAGE_FACTOR * stored + _SHARED_STORAGE_SLACK:
+        raise CheckpointError(
+            f"{path}: its {len(tensors)} tensors add up to {logical / 2**20:.0f} MiB but share {len(storages)} "
+            f"storages of {stored / 2**20:.1f} MiB (more than {MAX_SHARED_STORAGE_FACTOR}x); the file is forged to "
+            "expand in memory"
+        )
     return obj
+
+
+def _collect_tensors(obj: object, found: list[torch.Tensor]) -> None:
+    for value in obj.values() if isinstance(obj, dict) else ():
+        if isinstance(value, dict):
+            _collect_tensors(value, found)
+        elif isinstance(value, torch.Tensor):
+            found.append(value)
 
 
 def _check_view(size: tuple, stride: tuple, offset: int, storage_numel: int, path: Path) -> None:
