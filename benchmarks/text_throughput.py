@@ -320,7 +320,9 @@ def half_precision_support() -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
         help="dtype of the trimmed and embed_texts strategies (default auto); padded-248 is always float32",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -230,6 +230,39 @@ def test_embed_image_directory(tiny_dir, model, photo_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
 
 
+def test_embed_with_compile_compiles_the_image_tower_and_gives_the_same_features(
+    tiny_dir, model, photo_dir, tmp_path, monkeypatch
+):
+    """--compile goes through DualEncoder.compile_towers (backend 'eager' here: the inductor needs minutes)."""
+    from longclip.models.base import DualEncoder
+
+    calls = []
+    real = DualEncoder.compile_towers
+
+    def eager(self, towers=("vision",), **options):
+        calls.append(towers)
+        return real(self, towers, backend="eager")
+
+    monkeypatch.setattr(DualEncoder, "compile_towers", eager)
+    output = tmp_path / "feats.npy"
+    assert main(["embed", "--model", str(tiny_dir), "--images", str(photo_dir), "-o", str(output), "--compile"]) == 0
+    assert calls == [("vision",)]
+    expected = model.embed_images(sorted(photos(photo_dir))).numpy()
+    np.testing.assert_allclose(np.load(output), expected, atol=1e-6)
+
+
+def test_compile_towers_compiles_in_place_and_names_unknown_towers(tiny_dir):
+    model, _ = longclip.load(tiny_dir, dtype="float32")
+    pixels = torch.randn(2, 3, 32, 32)
+    before = model.encode_image(pixels)
+    assert model.compile_towers(("vision",), backend="eager") is model
+    assert model.clip.vision_model._compiled_call_impl is not None
+    assert model.clip.text_model._compiled_call_impl is None
+    torch.testing.assert_close(model.encode_image(pixels), before)
+    with pytest.raises(ValueError, match=r"unknown tower\(s\) \['audio'\]; this model has \['text', 'vision'\]"):
+        model.compile_towers(("audio",))
+
+
 def test_embed_output_loads_as_one_unit_and_a_rerun_replaces_both(tiny_dir, tmp_path):
     from longclip.feature_files import load_features
 

@@ -80,3 +80,12 @@ def test_load_auto_gives_bf16_features_within_cosine_0999(unpinned, tmp_path):
     full, _ = longclip.load(tmp_path, dtype="float32")
     cosine = (auto.embed_texts(TEXTS) * full.embed_texts(TEXTS)).sum(-1)
     assert (cosine > 0.999).all(), cosine
+
+
+def test_bf16_training_on_a_cpu_without_native_bf16_is_warned_about(unpinned):
+    _simulate_cpu(unpinned, avx512_bf16=False, amx=False)
+    assert "emulated" in precision.emulated_autocast_warning("bf16", "cpu")
+    assert precision.emulated_autocast_warning("fp32", "cpu") is None
+    assert precision.emulated_autocast_warning("bf16", "cuda") is None
+    _simulate_cpu(unpinned, avx512_bf16=True, amx=False)
+    assert precision.emulated_autocast_warning("bf16", "cpu") is None

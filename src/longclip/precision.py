@@ -111,3 +111,17 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device = 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype}")
     return dtype
+
+
+def emulated_autocast_warning(precision: str, device: str | torch.device) -> str | None:
+    """A warning for training with ``--precision bf16`` on a CPU that has no native bfloat16, else None.
+
+    There autocast's bf16 matrix products are emulated: a ViT-B/16-sized Long-CLIP training step ran about 30x slower
+    than float32 on an AVX2 processor (``benchmarks/train_throughput.py``, figures in ``benchmarks/RESULTS.md``).
+    """
+    if precision != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_instructions():
+        return None
+    return (
+        "--precision bf16 on this CPU is emulated (no AVX512-BF16 or AMX): a training step is far slower than in "
+        "fp32 (about 30x for a ViT-B/16 step on an AVX2 processor, benchmarks/RESULTS.md); use --precision fp32 here"
+    )

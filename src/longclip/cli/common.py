@@ -148,14 +148,21 @@ def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, batc
     parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="weight dtype (default: float32 on the CPU, float16 on CUDA)",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="weight dtype (default auto: bfloat16 where the hardware computes it natively, float16 on older CUDA "
+        "GPUs, float32 otherwise; longclip info says which and why)",
     )
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit), for hub ids")
     add_layout_flag(parser)
     parser.add_argument(
         "--batch-size", type=positive_int, default=batch_size, metavar="N", help="inputs per forward pass"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the image tower with torch.compile: faster when embedding many images, after a first batch "
+        "that compiles (a minute or more; needs a C++ compiler on the CPU)",
     )
 
 
@@ -338,6 +345,8 @@ def load_model(args: argparse.Namespace) -> Any:
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     logger.info("loading %s on %s", args.model, device)
     model, _ = load(args.model, device=device, dtype=args.dtype, revision=args.revision, layout=args.layout)
+    if getattr(args, "compile", False):
+        model.compile_towers(("vision",))
     return model
 
 

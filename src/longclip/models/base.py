@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,23 @@ class DualEncoder(nn.Module):
     def towers(self) -> dict[str, list[nn.Module]]:
         """The modules of each tower, ``{"vision": [...], "text": [...]}`` (projections included), for freezing."""
         raise NotImplementedError
+
+    def compile_towers(self, towers: Sequence[str] = ("vision",), **options: Any) -> DualEncoder:
+        """Compile the modules of the named towers in place with ``torch.compile`` (``options`` are its own).
+
+        The image tower sees one input shape (a fixed image size), so it compiles once; measured 1.27x faster image
+        embedding on a 2-core CPU after a first call that compiles (``benchmarks/RESULTS.md``). Text batches vary in
+        length (token-budget batching), so compiling the text tower recompiles per length unless
+        ``dynamic=True``: it is left out by default. Weights and saving are unchanged.
+        """
+        available = self.towers()
+        unknown = [name for name in towers if name not in available]
+        if unknown:
+            raise ValueError(f"unknown tower(s) {unknown}; this model has {sorted(available)}")
+        for name in towers:
+            for module in available[name]:
+                module.compile(**options)
+        return self
 
     @property
     def logit_scale(self) -> torch.Tensor:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TrainingError  # defined with the shared errors, so the CLI catches it without importing torch
 from ..models.base import DualEncoder
+from ..precision import emulated_autocast_warning
 from .checkpointing import list_checkpoints, load_checkpoint, ordinary_permissions, save_checkpoint
 from .config import TrainConfig, holdout_rows
 from .distributed import DistributedContext, setup_distributed, teardown_distributed
@@ -167,6 +168,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(context.device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    slow = emulated_autocast_warning(config.precision, context.device)
+    if slow and context.is_main:
+        logger.warning(slow)
 
     step, progress = 0, {"bad_images": 0, "seen_images": 0, "skipped_steps": 0, "bad": []}
     for resume_from in _resume_candidates(config, checkpoints):

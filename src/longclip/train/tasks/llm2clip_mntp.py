@@ -34,7 +34,7 @@ from torch import nn
 
 from ..losses import LossOutput
 from .base import Task
-from .llm2clip_text import lora_targets
+from .llm2clip_text import lora_targets, save_lora_model
 
 logger = logging.getLogger(__name__)
 
@@ -278,15 +278,7 @@ class LLM2CLIPMNTPTask(Task):
     def save_final(self, directory: Path, config) -> Path:
         """Write the tuned decoder with its head (LoRA merged, or the adapter beside the base) and its tokenizer."""
         final = directory / "language_model"
-        peft_model = self.model.language_model
-        # Saved as the model it was (causal); bidirectional attention is a choice made when loading.
-        peft_model.config.__dict__.pop("is_causal", None)
-        if self.options.merge:
-            peft_model.merge_and_unload().save_pretrained(final)
-        else:
-            peft_model.save_pretrained(final / "lora")
-            peft_model.unload().save_pretrained(final)  # the base weights, LoRA layers taken out unmerged
-        self.model.tokenizer.save_pretrained(final)
+        save_lora_model(self.model.language_model, self.model.tokenizer, final, self.options.merge)
         settings = {"mask_probability": self.options.mask_probability, "mask_token": self.model.mask_text,
                     "full_masking": self.options.full_masking, "text": self.options.text,
                     "context_length": self.model.tokenizer.context_length, "merged": self.options.merge}  # fmt: skip

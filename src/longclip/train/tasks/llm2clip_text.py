@@ -140,6 +140,18 @@ def lora_targets(model: nn.Module) -> list[str]:
     return targets
 
 
+def save_lora_model(peft_model, tokenizer, directory: Path, merge: bool) -> None:
+    """Write a LoRA-tuned model as a plain transformers directory: merged, or the base with ``lora/`` beside it."""
+    # Saved as the model it was (causal for a decoder); bidirectional attention is a choice made when loading.
+    peft_model.config.__dict__.pop("is_causal", None)
+    if merge:
+        peft_model.merge_and_unload().save_pretrained(directory)
+    else:
+        peft_model.save_pretrained(directory / "lora")
+        peft_model.unload().save_pretrained(directory)  # the base weights, LoRA layers taken out unmerged
+    tokenizer.save_pretrained(directory)
+
+
 class LLM2CLIPTextTask(Task):
     """Caption-contrastive tuning: long caption (behind the instruction) <-> short caption of the same image."""
 
@@ -240,15 +252,7 @@ class LLM2CLIPTextTask(Task):
             (directory / "caption_retrieval.json").write_text(json.dumps(report, indent=2) + "\n")
             logger.info("caption-to-caption retrieval on held-out pairs: %.4f before, %.4f after", report["before"],
                         after)  # fmt: skip
-        peft_model = self.model.language_model.model
-        # Saved as the model it was (causal for a decoder); bidirectional attention is a choice made when loading.
-        peft_model.config.__dict__.pop("is_causal", None)
-        if self.options.merge:
-            peft_model.merge_and_unload().save_pretrained(final)
-        else:
-            peft_model.save_pretrained(final / "lora")
-            peft_model.unload().save_pretrained(final)  # the base weights, LoRA layers taken out unmerged
-        self.model.tokenizer.save_pretrained(final)
+        save_lora_model(self.model.language_model.model, self.model.tokenizer, final, self.options.merge)
         settings = {"pooling": self.options.pooling, "bidirectional": self.options.bidirectional,
                     "context_length": self.options.context_length, "merged": self.options.merge,
                     "caption_retrieval": report}  # fmt: skip
