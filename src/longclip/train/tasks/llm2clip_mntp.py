@@ -34,7 +34,7 @@ from torch import nn
 
 from ..losses import LossOutput
 from .base import Task
-from .llm2clip_text import lora_targets, save_lora_model
+from .llm2clip_text import LanguageOnlyModel, lora_targets, save_lora_model
 
 logger = logging.getLogger(__name__)
 
@@ -154,22 +154,12 @@ def mask_token_id(tokenizer, replacement: str) -> tuple[int, str]:
     return int(token_id), replacement
 
 
-class MaskedTokenModel(nn.Module):
-    """What MNTP trains: a decoder with its head (LoRA-wrapped) and its tokenizer; no image tower.
-
-    The training loop reads ``logit_scale`` (a constant 1 here, logged only) and ``image_transform`` (images are
-    decoded by the shared data path but unused; a 32-pixel transform keeps that cheap).
-    """
+class MaskedTokenModel(LanguageOnlyModel):
+    """What MNTP trains: a decoder with its head (LoRA-wrapped) and its tokenizer; ``logit_scale`` is a constant 1."""
 
     def __init__(self, language, tokenizer, mask_id: int, mask_text: str):
-        super().__init__()
-        from ...images import ImageTransform
-
-        self.language_model = language
-        self.tokenizer = tokenizer
+        super().__init__(language, tokenizer)
         self.mask_id, self.mask_text = mask_id, mask_text
-        self.image_transform = ImageTransform.for_size(32)
-        self.register_buffer("_log_scale", torch.zeros(()), persistent=False)
         # A head tied to the input embeddings (SmolLM2's) is one tensor under two names, and training checkpoints
         # are safetensors files, which refuse shared tensors: the state dict keeps the first name only, and loading
         # fills the other in again.
@@ -181,14 +171,6 @@ class MaskedTokenModel(nn.Module):
             first.setdefault(id(parameter), name)
         self.register_state_dict_post_hook(_drop_tied)
         self.register_load_state_dict_pre_hook(_restore_tied)
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self._log_scale
-
-    @property
-    def device(self) -> torch.device:
-        return self._log_scale.device
 
     @property
     def causal_lm(self) -> nn.Module:

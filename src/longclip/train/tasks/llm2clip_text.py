@@ -87,23 +87,21 @@ class LLM2CLIPTextOptions:
             raise ValueError(f"scale must be positive, got {self.scale}")
 
 
-class CaptionEncoder(nn.Module):
-    """The model stage 1 trains: a pooled language model and its tokenizer (no image tower).
+class LanguageOnlyModel(nn.Module):
+    """What the language-model stages train: a language model and its tokenizer, no image tower.
 
-    The training loop reads ``logit_scale`` (here the fixed similarity scale, logged) and ``image_transform``
-    (images are decoded by the shared data path but unused; a 32-pixel transform keeps that cheap).
+    The training loop reads ``logit_scale`` (a fixed value here, logged only) and ``image_transform`` (images are
+    decoded by the shared data path but unused; a 32-pixel transform keeps that cheap).
     """
 
-    def __init__(self, language, tokenizer, scale: float):
+    def __init__(self, language, tokenizer, log_scale: float = 0.0):
         super().__init__()
         from ...images import ImageTransform
 
         self.language_model = language
         self.tokenizer = tokenizer
         self.image_transform = ImageTransform.for_size(32)
-        self.register_buffer("_log_scale", torch.tensor(math.log(scale)), persistent=False)
-        self.heldout: tuple[list[str], list[str]] | None = None
-        self.retrieval_before: float | None = None
+        self.register_buffer("_log_scale", torch.tensor(float(log_scale)), persistent=False)
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -112,6 +110,15 @@ class CaptionEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._log_scale.device
+
+
+class CaptionEncoder(LanguageOnlyModel):
+    """What caption-contrastive tuning trains: a pooled language model; ``logit_scale`` is the similarity scale."""
+
+    def __init__(self, language, tokenizer, scale: float):
+        super().__init__(language, tokenizer, math.log(scale))
+        self.heldout: tuple[list[str], list[str]] | None = None
+        self.retrieval_before: float | None = None
 
     def embed(self, texts: list[str], instruction: str = "") -> torch.Tensor:
         """Pooled embeddings of texts (with gradients), the instruction read but not pooled."""
